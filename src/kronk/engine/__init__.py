@@ -1,0 +1,1 @@
+"""Inference engine: scheduling, sampling and streaming output for one loaded model."""

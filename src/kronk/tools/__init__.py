@@ -1,0 +1,1 @@
+"""Model-management tools that sit below the SDK: downloads, assembly, catalogs."""
