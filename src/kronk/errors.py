@@ -66,3 +66,11 @@ class DecodeError(KronkError):
 
 class ModelIntegrityError(KronkError):
     """A downloaded or assembled model file has the wrong size or sha256 (corrupt or tampered)."""
+
+
+class ModelNotFoundError(KronkError):
+    """No model of that name is available locally (HTTP 404 for the server)."""
+
+    def __init__(self, message: str, model: str) -> None:
+        super().__init__(message)
+        self.model = model

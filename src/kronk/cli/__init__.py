@@ -1,0 +1,1 @@
+"""The `kronk` command line (typer + rich)."""

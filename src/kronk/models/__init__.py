@@ -1,0 +1,1 @@
+"""Model management: home folder, catalog, downloads, the local model index."""
