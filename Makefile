@@ -1,7 +1,7 @@
 # kronk: build, check and run.
 #
 #   make test    create .venv, build llama-cpp-python, fetch the default model, lint, test
-#   make run     start the server (arrives with the server issue)
+#   make run     provision the default model and serve it at http://127.0.0.1:11435/v1
 #   make help    list every target
 #
 # Settings (override on the command line, e.g. `make test KRONK_BACKEND=cuda`):
@@ -17,6 +17,10 @@ KRONK_BACKEND ?= cpu
 LLAMA_CMAKE_ARGS ?=
 # Where the real default model is cached (shared with the tests and the benchmarks).
 KRONK_TEST_CACHE ?= $(HOME)/.cache/kronk-test
+# What `make run` serves, and where (the model is pulled into KRONK_HOME, ~/.kronk).
+KRONK_DEFAULT_MODEL ?= qwen2.5-coder-0.5b-instruct
+KRONK_HOST ?= 127.0.0.1
+KRONK_PORT ?= 11435
 # Extra arguments for pytest (e.g. PYTEST_ARGS="-k engine -x").
 PYTEST_ARGS ?=
 
@@ -97,13 +101,20 @@ typecheck: install ## mypy --strict (configured in pyproject.toml)
 test: install model lint typecheck ## everything CI runs: lint, types, the whole test suite
 	KRONK_TEST_CACHE='$(KRONK_TEST_CACHE)' $(BIN)/pytest $(PYTEST_ARGS)
 
-bench: install model ## single-stream speed against llama-bench (minutes; not part of test)
-	KRONK_TEST_CACHE='$(KRONK_TEST_CACHE)' $(VENV_PYTHON) bench/bench_single_stream.py
+# Every benchmark, each against llama.cpp's own tools built from the same sources (the
+# first run builds them into ~/.cache/kronk-bench); each rewrites its section of
+# bench/RESULTS.md. Run on an otherwise idle machine.
+bench: BENCH_PYTHON = KRONK_TEST_CACHE='$(KRONK_TEST_CACHE)' $(VENV_PYTHON)
+bench: install model ## all benchmarks vs llama.cpp -> bench/RESULTS.md (~30 min; not in test)
+	$(BENCH_PYTHON) bench/bench_single_stream.py
+	$(BENCH_PYTHON) bench/bench_parallel.py
+	$(BENCH_PYTHON) bench/bench_multiturn.py
+	$(BENCH_PYTHON) bench/bench_overhead.py
+	$(BENCH_PYTHON) bench/bench_kv_cache_types.py
 
-run: ## start the kronk server (not yet: arrives with the server issue)
-	@echo "make run: the kronk server is not implemented yet; it arrives with the server" \
-		"issue. Until then use the SDK (see README.md) or 'make test'." >&2
-	@exit 1
+run: install ## provision the default model and serve it at http://$(KRONK_HOST):$(KRONK_PORT)/v1
+	$(BIN)/kronk model pull $(KRONK_DEFAULT_MODEL)
+	$(BIN)/kronk server start --model $(KRONK_DEFAULT_MODEL) --host $(KRONK_HOST) --port $(KRONK_PORT)
 
 clean: ## remove caches and build outputs (keeps .venv and the model cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info

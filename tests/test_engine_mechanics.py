@@ -342,3 +342,28 @@ def test_async_api_on_tiny_model(tiny: Kronk) -> None:
 
     text, dims = asyncio.run(main())
     assert isinstance(text, str) and dims == tiny.model.n_embd
+
+
+def test_control_tokens_render_only_when_the_request_asks(tiny: Kronk) -> None:
+    from kronk.engine.request import GenerationRequest as Request
+    from kronk.llama import SamplingParams as Params
+
+    im_start = tiny.tokenize("<|im_start|>", parse_special=True)
+    assert len(im_start) == 1
+    forced = Params(temperature=0, logit_bias={im_start[0]: 1e9})
+
+    def text(render: frozenset[int]) -> str:
+        events: list[object] = []
+        done = threading.Event()
+
+        def sink(event: object) -> None:
+            events.append(event)
+            if not isinstance(event, TextDelta):
+                done.set()
+
+        tiny.engine.submit(Request([1, 2, 3], forced, max_tokens=2, render_special=render), sink)
+        assert done.wait(30)
+        return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+    assert text(frozenset()) == ""
+    assert text(frozenset(im_start)) == "<|im_start|>" * 2

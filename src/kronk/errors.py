@@ -74,3 +74,30 @@ class ModelNotFoundError(KronkError):
     def __init__(self, message: str, model: str) -> None:
         super().__init__(message)
         self.model = model
+
+
+class ConfigError(KronkError):
+    """A setting (config file, environment variable or flag) has a bad value; the message
+    names where it came from."""
+
+
+class DownloadError(KronkError):
+    """A model download failed (HTTP error, connection lost, another process downloading).
+
+    `status` is the HTTP status when the server answered with an error. A partial
+    download is kept where it can be resumed, so running the same pull again continues.
+    """
+
+    def __init__(self, message: str, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class CatalogError(KronkError):
+    """A model catalog file could not be read or does not validate; the message says where."""
+
+
+class ModelConversionError(KronkError):
+    """A model folder could not be converted to GGUF: files missing or malformed, or an
+    architecture, tokenizer or pooling mode the converter does not support."""

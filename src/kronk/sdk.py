@@ -12,6 +12,7 @@ Every method is thread-safe; concurrent calls are batched together by the engine
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import time
@@ -22,6 +23,20 @@ from typing import Any, Generic, Self, TypeVar
 
 from kronk.chat.reasoning import ReasoningParser
 from kronk.chat.template import ChatTemplate
+from kronk.chat.tools import (
+    OUTPUT_MARKERS,
+    Reasoning,
+    ToolCallDelta,
+    ToolCallParser,
+    ToolChoice,
+    ToolFormat,
+    ToolSpec,
+    detect_tool_format,
+    tool_call_grammar,
+    tools_system_prompt,
+    validate_tool_choice,
+    validate_tools,
+)
 from kronk.engine.engine import Engine, EngineConfig, EngineStats
 from kronk.engine.request import (
     Event,
@@ -43,13 +58,17 @@ from kronk.llama import (
 )
 from kronk.llama.model import LoadProgress
 from kronk.options import ChatOptions, CompletionOptions, parse_options
+from kronk.telemetry.tracing import span
 from kronk.types import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionMessage,
+    ChatCompletionMessageToolCall,
     ChatCompletionTokenLogprob,
     Choice,
     ChoiceDelta,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
     ChoiceLogprobs,
     ChunkChoice,
     Completion,
@@ -59,6 +78,8 @@ from kronk.types import (
     CreateEmbeddingResponse,
     Embedding,
     EmbeddingUsage,
+    FinishReason,
+    FunctionCall,
     ModelInfo,
     PromptTokensDetails,
     TopLogprob,
@@ -68,6 +89,7 @@ log = logging.getLogger("kronk")
 
 T = TypeVar("T")
 Messages = Sequence[Mapping[str, Any]]
+Tools = Sequence[Mapping[str, Any]]
 EmbeddingInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
 
 
@@ -147,12 +169,27 @@ class Kronk:
                 ),
             )
             self._template = self._load_template(chat_template)
+            self.tool_format = detect_tool_format(
+                self._template.source if self._template is not None else None,
+                self.model.architecture,
+            )
+            self._marker_tokens = self._single_token_markers()
         except BaseException:
             if engine is not None:
                 engine.close()
             self.model.close()
             raise
         self._closed = False
+
+    def _single_token_markers(self) -> frozenset[int]:
+        """The ids of output markers that this vocabulary has as one special token."""
+        vocab = self.model.vocab
+        ids = set()
+        for marker in OUTPUT_MARKERS:
+            tokens = vocab.tokenize(marker, add_special=False, parse_special=True)
+            if len(tokens) == 1 and not vocab.is_eog(tokens[0]):
+                ids.add(tokens[0])
+        return frozenset(ids)
 
     def _load_template(self, override: str | Path | None) -> ChatTemplate | None:
         vocab = self.model.vocab
@@ -186,50 +223,111 @@ class Kronk:
     # -- chat ------------------------------------------------------------------------
 
     def chat(
-        self, messages: Messages, *, tools: Sequence[Mapping[str, Any]] | None = None, **params: Any
+        self,
+        messages: Messages,
+        *,
+        tools: Tools | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+        **params: Any,
     ) -> ChatCompletion:
-        """A chat completion (OpenAI's `chat.completions.create` without `stream`)."""
-        with self.chat_stream(messages, tools=tools, **params) as stream:
+        """A chat completion (OpenAI's `chat.completions.create` without `stream`).
+
+        `tools`, `tool_choice` and `parallel_tool_calls` are OpenAI's: calls come back in
+        `message.tool_calls` with `finish_reason` "tool_calls". `tool_choice` "required" or
+        {"type": "function", "function": {"name": ...}} is enforced with a grammar.
+        """
+        with self.chat_stream(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **params,
+        ) as stream:
             for _ in stream:
                 pass
             return stream.turn.result()
 
     def chat_stream(
-        self, messages: Messages, *, tools: Sequence[Mapping[str, Any]] | None = None, **params: Any
+        self,
+        messages: Messages,
+        *,
+        tools: Tools | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+        **params: Any,
     ) -> ChatStream:
-        """Stream chat completion chunks. Closing the stream (or leaving `with`) cancels it."""
-        request, turn = self._chat_request(messages, tools, params)
+        """Stream chat completion chunks. Closing the stream (or leaving `with`) cancels it.
+
+        Tool calls stream as OpenAI's do: `delta.tool_calls` with a call's index, id and name
+        first, then fragments of its arguments.
+        """
+        request, turn = self._chat_request(
+            messages, tools, tool_choice, parallel_tool_calls, params
+        )
         return ChatStream(self.engine, request, turn)
 
     async def achat(
-        self, messages: Messages, *, tools: Sequence[Mapping[str, Any]] | None = None, **params: Any
+        self,
+        messages: Messages,
+        *,
+        tools: Tools | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+        **params: Any,
     ) -> ChatCompletion:
-        stream = self.achat_stream(messages, tools=tools, **params)
+        stream = self.achat_stream(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **params,
+        )
         async with stream:
             async for _ in stream:
                 pass
         return stream.turn.result()
 
     def achat_stream(
-        self, messages: Messages, *, tools: Sequence[Mapping[str, Any]] | None = None, **params: Any
+        self,
+        messages: Messages,
+        *,
+        tools: Tools | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+        **params: Any,
     ) -> AsyncChatStream:
-        request, turn = self._chat_request(messages, tools, params)
+        request, turn = self._chat_request(
+            messages, tools, tool_choice, parallel_tool_calls, params
+        )
         return AsyncChatStream(self.engine, request, turn)
 
     def render_chat(
         self,
         messages: Messages,
         *,
-        tools: Sequence[Mapping[str, Any]] | None = None,
+        tools: Tools | None = None,
         **template_kwargs: Any,
     ) -> str:
         """The prompt text the model's chat template makes of `messages`."""
+        return self._render(messages, tools, validate_tools(tools), template_kwargs)
+
+    def _render(
+        self,
+        messages: Messages,
+        tools: Tools | None,
+        specs: Sequence[ToolSpec],
+        template_kwargs: Mapping[str, Any],
+    ) -> str:
         if self._template is None:
             raise UnsupportedFeatureError(
                 f"{self.model_id} is an embedding model; it cannot chat", "model"
             )
         if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
             raise InvalidRequestError("messages must be a non-empty list", "messages")
+        if specs and not self._template.supports_tools:
+            # The template cannot show tools: describe them in the system message instead.
+            messages = _with_system_text(messages, tools_system_prompt(specs))
         return self._template.render(
             messages, tools=tools or None, add_generation_prompt=True, **template_kwargs
         )
@@ -237,25 +335,96 @@ class Kronk:
     def _chat_request(
         self,
         messages: Messages,
-        tools: Sequence[Mapping[str, Any]] | None,
+        tools: Tools | None,
+        tool_choice: str | Mapping[str, Any] | None,
+        parallel_tool_calls: bool,
         params: Mapping[str, Any],
     ) -> tuple[GenerationRequest, _ChatTurn]:
         opts = parse_options(ChatOptions, params)
-        prompt = self.render_chat(messages, tools=tools, **(opts.chat_template_kwargs or {}))
+        specs = validate_tools(tools)
+        choice = validate_tool_choice(tool_choice, specs)
+        if not isinstance(parallel_tool_calls, bool):
+            raise InvalidRequestError(
+                "parallel_tool_calls must be true or false", "parallel_tool_calls"
+            )
+        with span("kronk.template_render", model=self.model_id, messages=len(messages)):
+            prompt = self._render(messages, tools, specs, opts.chat_template_kwargs or {})
         if opts.top_logprobs is not None and not opts.logprobs:
             raise InvalidRequestError("top_logprobs requires logprobs to be true", "top_logprobs")
+        starts_in_reasoning = prompt.rstrip().endswith("<think>")
+        sampling = self._chat_sampling(
+            opts, specs, choice, parallel_tool_calls, starts_in_reasoning
+        )
+        with span("kronk.tokenize", model=self.model_id) as tokenize_span:
+            prompt_tokens = self._tokenize_prompt(prompt)
+            tokenize_span.set_attribute("kronk.prompt_tokens", len(prompt_tokens))
         request = GenerationRequest(
-            prompt=self._tokenize_prompt(prompt),
-            sampling=opts.sampling_params(
-                self._defaults, grammar=_response_format_grammar(opts.response_format)
-            ),
+            prompt=prompt_tokens,
+            sampling=sampling,
             max_tokens=opts.max_new_tokens(),
             stop=opts.stop_list(),
             logprobs=(opts.top_logprobs or 0) if opts.logprobs else None,
             ignore_eos=opts.ignore_eos,
+            render_special=self._marker_tokens,
         )
-        turn = _ChatTurn(self.model_id, starts_in_reasoning=prompt.rstrip().endswith("<think>"))
+        parse_calls = bool(specs) and choice.mode != "none"
+        tool_parser = (
+            ToolCallParser(
+                self.tool_format,
+                tool_names=[spec.name for spec in specs],
+                parallel=parallel_tool_calls,
+                parse_calls=parse_calls,
+            )
+            if parse_calls or self.tool_format is ToolFormat.HARMONY
+            else None
+        )
+        turn = _ChatTurn(
+            self.model_id, starts_in_reasoning=starts_in_reasoning, tool_parser=tool_parser
+        )
         return request, turn
+
+    def _chat_sampling(
+        self,
+        opts: ChatOptions,
+        specs: Sequence[ToolSpec],
+        choice: ToolChoice,
+        parallel: bool,
+        starts_in_reasoning: bool,
+    ) -> SamplingParams:
+        """The sampler parameters, with the grammar that enforces `tool_choice` if any."""
+        grammar = _response_format_grammar(opts.response_format)
+        user_grammar = grammar is not None or opts.grammar is not None
+        assert self._template is not None
+        reasoning: Reasoning = (
+            "open"
+            if starts_in_reasoning
+            else "optional"
+            if "<think>" in self._template.source
+            else "none"
+        )
+        if choice.forced:
+            if user_grammar:
+                raise InvalidRequestError(
+                    "tool_choice 'required' or a named function cannot be combined with "
+                    "response_format or grammar",
+                    "tool_choice",
+                )
+            forced = tool_call_grammar(
+                self.tool_format, specs, choice, parallel=parallel, reasoning=reasoning
+            )
+            assert forced is not None  # forced choices always have one
+            return opts.sampling_params(self._defaults, grammar=forced.grammar)
+        lazy = None
+        if choice.mode == "auto" and specs and not user_grammar:
+            try:
+                lazy = tool_call_grammar(self.tool_format, specs, choice, parallel=parallel)
+            except InvalidRequestError as exc:
+                # Calls are still parsed (and repaired); they are just not enforced.
+                log.info("no lazy tool-call grammar: %s", exc)
+        if lazy is None:
+            return opts.sampling_params(self._defaults, grammar=grammar)
+        sampling = opts.sampling_params(self._defaults, grammar=lazy.grammar)
+        return dataclasses.replace(sampling, grammar_triggers=lazy.triggers)
 
     # -- raw completion and fill-in-the-middle -----------------------------------------
 
@@ -469,17 +638,34 @@ def _chat_logprobs(items: list[TokenLogprob]) -> list[ChatCompletionTokenLogprob
 
 
 class _ChatTurn:
-    """Accumulates one chat answer from engine events and emits OpenAI-shaped chunks."""
+    """Accumulates one chat answer from engine events and emits OpenAI-shaped chunks.
 
-    def __init__(self, model: str, *, starts_in_reasoning: bool) -> None:
+    Output goes through the reasoning parser, then (with tools) the tool-call parser, which
+    sees only the content part.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        starts_in_reasoning: bool,
+        tool_parser: ToolCallParser | None = None,
+    ) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.model = model
         self.created = int(time.time())
         self._parser = ReasoningParser(starts_in_reasoning=starts_in_reasoning)
+        self._tools = tool_parser
         self._content: list[str] = []
         self._reasoning: list[str] = []
         self._logprobs: list[ChatCompletionTokenLogprob] = []
         self._finished: Finished | None = None
+        self._stopped_early = False
+
+    @property
+    def wants_stop(self) -> bool:
+        """Whether the rest of the generation would be ignored (one call, parallel off)."""
+        return self._tools is not None and self._tools.done
 
     def first_chunks(self) -> list[ChatCompletionChunk]:
         return [self._chunk(ChoiceDelta(role="assistant", content=""))]
@@ -493,25 +679,45 @@ class _ChatTurn:
         else:
             delta = self._parser.flush()
             logprobs = []
-        self._reasoning.append(delta.reasoning)
-        self._content.append(delta.content)
+        content, reasoning = delta.content, delta.reasoning
+        calls: list[ToolCallDelta] = []
+        if self._tools is not None:
+            parsed = [self._tools.push(content)]
+            if not isinstance(event, TextDelta):
+                parsed.append(self._tools.flush())
+            content = "".join(p.content for p in parsed)
+            reasoning += "".join(p.reasoning for p in parsed)
+            calls = [call for p in parsed for call in p.tool_calls]
+        self._reasoning.append(reasoning)
+        self._content.append(content)
         self._logprobs += logprobs
         chunks = []
-        if delta.reasoning or delta.content or logprobs:
+        if reasoning or content or logprobs:
             chunks.append(
                 self._chunk(
-                    ChoiceDelta(
-                        content=delta.content or None, reasoning_content=delta.reasoning or None
-                    ),
+                    ChoiceDelta(content=content or None, reasoning_content=reasoning or None),
                     logprobs=ChoiceLogprobs(content=logprobs) if logprobs else None,
                 )
             )
+        chunks += [self._chunk(ChoiceDelta(tool_calls=[c])) for c in _tool_call_deltas(calls)]
         if isinstance(event, Finished):
             self._finished = event
-            final = self._chunk(ChoiceDelta(), finish_reason=event.reason)
+            final = self._chunk(ChoiceDelta(), finish_reason=self._finish_reason())
             final.usage = _usage(event.usage)
             chunks.append(final)
         return chunks
+
+    def stop_early(self) -> None:
+        """The stream cancels the generation because `wants_stop`: it ended with a call."""
+        self._stopped_early = True
+
+    def _finish_reason(self) -> FinishReason:
+        assert self._finished is not None
+        reason: FinishReason = self._finished.reason
+        made_calls = self._tools is not None and bool(self._tools.tool_calls)
+        if made_calls and (reason == "stop" or (reason == "cancelled" and self._stopped_early)):
+            return "tool_calls"
+        return reason
 
     def _chunk(
         self,
@@ -531,6 +737,16 @@ class _ChatTurn:
         if self._finished is None:
             raise InvalidRequestError("the stream was closed before it finished")
         reasoning = "".join(self._reasoning)
+        content: str | None = "".join(self._content)
+        calls = self._tools.tool_calls if self._tools is not None else []
+        if calls and not (content or "").strip():
+            content = None  # OpenAI's shape for an answer that is only tool calls
+        tool_calls = [
+            ChatCompletionMessageToolCall(
+                id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)
+            )
+            for c in calls
+        ]
         return ChatCompletion(
             id=self.id,
             created=self.created,
@@ -538,9 +754,11 @@ class _ChatTurn:
             choices=[
                 Choice(
                     message=ChatCompletionMessage(
-                        content="".join(self._content), reasoning_content=reasoning or None
+                        content=content,
+                        reasoning_content=reasoning or None,
+                        tool_calls=tool_calls or None,
                     ),
-                    finish_reason=self._finished.reason,
+                    finish_reason=self._finish_reason(),
                     logprobs=ChoiceLogprobs(content=self._logprobs) if self._logprobs else None,
                 )
             ],
@@ -560,6 +778,8 @@ class _CompletionTurn:
         self._logprobs: CompletionLogprobs | None = None
         self._offset = len(echo)
         self._finished: Finished | None = None
+
+    wants_stop = False  # a text completion always runs to its end
 
     def first_chunks(self) -> list[Completion]:
         return [self._chunk(self._echo)] if self._echo else []
@@ -630,6 +850,7 @@ class _SyncStream(Generic[T]):
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._pending: list[T] = list(turn.first_chunks())
         self._done = False
+        self._stopping = False
         self._handle: RequestHandle = engine.submit(request, self._events.put)
 
     def __iter__(self) -> Iterator[T]:
@@ -642,6 +863,10 @@ class _SyncStream(Generic[T]):
             event = self._events.get()
             self._done = not isinstance(event, TextDelta)
             self._pending = self.turn.on_event(event)
+            if self.turn.wants_stop and not self._done and not self._stopping:
+                self._stopping = True  # the rest of the output would be ignored: stop it
+                self.turn.stop_early()
+                self._handle.cancel()
         return self._pending.pop(0)
 
     def close(self) -> None:
@@ -671,6 +896,7 @@ class _AsyncStream(Generic[T]):
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._pending: list[T] = list(turn.first_chunks())
         self._done = False
+        self._stopping = False
         self._handle = engine.submit(request, self._put)
 
     def _put(self, event: Event) -> None:
@@ -686,6 +912,10 @@ class _AsyncStream(Generic[T]):
             event = await self._events.get()
             self._done = not isinstance(event, TextDelta)
             self._pending = self.turn.on_event(event)
+            if self.turn.wants_stop and not self._done and not self._stopping:
+                self._stopping = True
+                self.turn.stop_early()
+                self._handle.cancel()
         return self._pending.pop(0)
 
     async def aclose(self) -> None:
@@ -746,6 +976,50 @@ def _response_format_grammar(response_format: Mapping[str, Any] | None) -> str |
         f"response_format.type must be 'text', 'json_object' or 'json_schema'; got {kind!r}",
         "response_format",
     )
+
+
+def _tool_call_deltas(deltas: Sequence[ToolCallDelta]) -> list[ChoiceDeltaToolCall]:
+    """Parser deltas -> OpenAI's: a call's header alone, then its argument fragments merged."""
+    out: list[ChoiceDeltaToolCall] = []
+    for d in deltas:
+        if d.name is not None:
+            out.append(
+                ChoiceDeltaToolCall(
+                    index=d.index,
+                    id=d.id,
+                    type="function",
+                    function=ChoiceDeltaToolCallFunction(name=d.name, arguments=""),
+                )
+            )
+            continue
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.index == d.index
+            and last.id is None
+            and last.function is not None
+            and last.function.arguments is not None
+        ):
+            last.function.arguments += d.arguments
+        else:
+            out.append(
+                ChoiceDeltaToolCall(
+                    index=d.index, function=ChoiceDeltaToolCallFunction(arguments=d.arguments)
+                )
+            )
+    return out
+
+
+def _with_system_text(messages: Messages, text: str) -> list[Mapping[str, Any]]:
+    """`messages` with `text` added to the system message (a new one if there is none)."""
+    out = list(messages)
+    first = out[0] if out else None
+    if isinstance(first, Mapping) and first.get("role") == "system":
+        content = first.get("content")
+        if isinstance(content, str):
+            out[0] = {**first, "content": f"{content}\n\n{text}"}
+            return out
+    return [{"role": "system", "content": text}, *out]
 
 
 def _token_list(value: Any, param: str) -> list[int]:

@@ -83,10 +83,26 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
 
 
+class ChoiceDeltaToolCallFunction(BaseModel):
+    name: str | None = None  # in a call's first delta only
+    arguments: str | None = None  # a fragment; the fragments of a call add up to its arguments
+
+
+class ChoiceDeltaToolCall(BaseModel):
+    """Part of a streamed tool call. The first delta of a call carries `id`, `type` and the
+    function's name; later ones carry argument fragments. `index` says which call."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChoiceDeltaToolCallFunction | None = None
+
+
 class ChoiceDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     reasoning_content: str | None = None
+    tool_calls: list[ChoiceDeltaToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -18,12 +18,14 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from kronk.engine.detokenizer import IncrementalDecoder
+from kronk.engine.prompt_cache import PromptCache, common_prefix
 from kronk.engine.request import (
     MAX_STOP_STRINGS,
     MAX_TOP_LOGPROBS,
@@ -49,8 +51,12 @@ from kronk.errors import (
     UnsupportedFeatureError,
 )
 from kronk.llama import Batch, ContextParams, LlamaContext, LlamaModel, SamplerChain
+from kronk.telemetry.tracing import current_span
 
 log = logging.getLogger("kronk.engine")
+
+# Told about every request that ends (telemetry); runs on the engine thread.
+RequestListener = Callable[[GenerationRequest, Finished | Failed], None]
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,12 @@ class EngineConfig:
     flash_attn: str = "auto"
     max_queue: int = 64  # requests waiting for a slot before submit() says busy
     embedding_batch: int = 8  # inputs embedded together in one decode
+    # Host memory for KV states of long prompts that lost their slot (0 disables).
+    prompt_cache_bytes: int = 1 << 30
+    prompt_cache_min_tokens: int = 256  # shorter prefixes are cheap to recompute
+    # Copy another slot's KV (or restore a saved state) when it saves at least this many
+    # tokens of prefill over the slot's own cache.
+    shared_prefix_min_tokens: int = 32
 
 
 @dataclass
@@ -80,6 +92,16 @@ class EngineStats:
     tokens_generated: int
     tokens_prefilled: int
     tokens_cached: int
+    prompt_cache_entries: int = 0
+    prompt_cache_bytes: int = 0
+    prompt_cache_hits: int = 0
+    kv_cache_bytes: int = 0  # the whole KV cache, all slots
+    kv_bytes_per_token: float = 0.0
+    slot_tokens: list[int] = field(default_factory=list)  # tokens each slot's KV cache holds
+    steps: int = 0
+    step_seconds: float = 0.0  # whole decode steps: Python bookkeeping + llama_decode + sampling
+    decode_seconds: float = 0.0  # inside llama_decode alone
+    sample_seconds: float = 0.0  # inside llama.cpp's samplers
 
 
 @dataclass
@@ -159,10 +181,12 @@ class Engine:
             self._emb_ctx = self._new_embedding_context()
             self.n_ctx = self._emb_ctx.n_ctx
         self._slots = [_Slot(i) for i in range(config.n_seq_max)]
+        self._prompt_cache = PromptCache(config.prompt_cache_bytes, config.prompt_cache_min_tokens)
         self._lock = threading.Condition()
         self._queue: deque[tuple[RequestHandle, SamplerChain, float]] = deque()
         self._jobs: deque[_EmbedJob] = deque()
         self._closing = False
+        self._listeners: list[RequestListener] = []
         self._stats = EngineStats(config.n_seq_max, 0, 0, self.n_ctx, 0, 0, 0, 0)
         self._thread = threading.Thread(
             target=self._run, name=f"kronk-engine-{model.name}", daemon=True
@@ -179,6 +203,8 @@ class Engine:
                 f"{self.model.name} is an embedding model; it cannot generate text", "model"
             )
         self._validate(request)
+        if request.span is None:
+            request.span = current_span()
         extra_bias = {t: -math.inf for t in self.vocab.eog_tokens} if request.ignore_eos else None
         chain = SamplerChain(self.vocab, request.sampling, extra_bias=extra_bias)
         handle = RequestHandle(request, sink, self._cancel_queued)
@@ -224,10 +250,21 @@ class Engine:
             self._lock.notify()
         return future.result()
 
+    def add_listener(self, listener: RequestListener) -> None:
+        """Call `listener` (on the engine thread) whenever a request ends: telemetry hooks."""
+        self._listeners.append(listener)
+
     def stats(self) -> EngineStats:
         with self._lock:
             self._stats.slots_busy = sum(1 for s in self._slots if s.active is not None)
             self._stats.queued = len(self._queue)
+            self._stats.prompt_cache_entries = len(self._prompt_cache)
+            self._stats.prompt_cache_bytes = self._prompt_cache.bytes
+            self._stats.prompt_cache_hits = self._prompt_cache.hits
+            self._stats.slot_tokens = [len(s.tokens) for s in self._slots]
+            if self._ctx is not None:
+                self._stats.kv_cache_bytes = self._ctx.kv_cache_bytes
+                self._stats.kv_bytes_per_token = self._ctx.kv_bytes_per_token
             return EngineStats(**vars(self._stats))
 
     def close(self) -> None:
@@ -311,7 +348,7 @@ class Engine:
                     item[1].close()
                     now = time.perf_counter()
                     usage = Usage(len(handle.request.prompt), 0, 0, now - item[2], 0.0, 0.0, 0.0)
-                    _emit(handle, Finished("cancelled", usage))
+                    self._emit_to(handle, Finished("cancelled", usage))
                     return
             self._lock.notify()  # wake the loop so a running request is dropped promptly
 
@@ -324,8 +361,8 @@ class Engine:
             handle, chain, submitted = self._queue.popleft()
             prompt = list(handle.request.prompt)
             # Reuse the longest cached prefix; among equals, the least recently used slot.
-            slot = max(free, key=lambda s: (_common_prefix(s.tokens, prompt), -s.last_used))
-            keep = self._reusable_prefix(slot, prompt)
+            slot = max(free, key=lambda s: (common_prefix(s.tokens, prompt), -s.last_used))
+            keep = self._place(slot, prompt)
             active = _Active(
                 handle=handle,
                 chain=chain,
@@ -339,10 +376,41 @@ class Engine:
             self._stats.requests_total += 1
             self._stats.tokens_cached += keep
 
-    def _reusable_prefix(self, slot: _Slot, prompt: list[int]) -> int:
-        """Trim the slot's KV cache to the part of `prompt` it already holds; return its length."""
+    def _place(self, slot: _Slot, prompt: list[int]) -> int:
+        """Prepare `slot`'s KV cache for `prompt`, reusing every prefix kronk still holds.
+
+        In order: the slot's own cache; another slot sharing a longer prefix (its KV is
+        copied, as llama.cpp's `parallel -pps` does for a shared system prompt); a state
+        saved in host memory. Returns how many prompt tokens need no prefill.
+        """
         assert self._ctx is not None
-        keep = _common_prefix(slot.tokens, prompt)
+        ctx = self._ctx
+        own = common_prefix(slot.tokens, prompt)
+        if own < len(slot.tokens) and self._prompt_cache.worth_saving(slot.tokens):
+            # The slot is about to lose the rest of a long sequence: keep it in host memory.
+            self._prompt_cache.put(slot.tokens, ctx.seq_state_get(slot.seq_id))
+        others = [s for s in self._slots if s is not slot and s.tokens]
+        donor = max(others, key=lambda s: common_prefix(s.tokens, prompt), default=None)
+        donor_len = common_prefix(donor.tokens, prompt) if donor is not None else 0
+        saved, saved_len = self._prompt_cache.best_match(prompt)
+        gain = self.config.shared_prefix_min_tokens
+        if donor is not None and donor_len >= own + gain and donor_len >= saved_len:
+            ctx.seq_remove(slot.seq_id)
+            ctx.seq_copy(donor.seq_id, slot.seq_id)  # whole sequence; trimmed below
+            slot.tokens = list(donor.tokens)
+        elif saved is not None and saved_len >= own + gain:
+            ctx.seq_remove(slot.seq_id)
+            if ctx.seq_state_set(slot.seq_id, saved.state):
+                slot.tokens = list(saved.tokens)
+                self._prompt_cache.take(saved)
+            else:
+                slot.tokens = []
+        return self._trim(slot, prompt)
+
+    def _trim(self, slot: _Slot, prompt: list[int]) -> int:
+        """Trim the slot's KV cache to the part of `prompt` it holds; return its length."""
+        assert self._ctx is not None
+        keep = common_prefix(slot.tokens, prompt)
         keep = min(keep, len(prompt) - 1)  # the last prompt token must be decoded for logits
         n_swa = self.model.n_swa
         if keep > 0 and n_swa > 0 and self._ctx.seq_pos_min(slot.seq_id) > max(0, keep - n_swa):
@@ -355,6 +423,7 @@ class Engine:
 
     def _step(self) -> None:
         assert self._ctx is not None
+        step_start = time.perf_counter()
         ctx, batch = self._ctx, self._batch
         batch.clear()
         # Drop cancelled requests first so their slots don't cost a decode.
@@ -386,6 +455,7 @@ class Engine:
             fed.append((slot, chunk))
         if batch.n_tokens == 0:
             return
+        decode_start = time.perf_counter()
         try:
             ctx.decode(batch)
         except KronkError as exc:
@@ -393,6 +463,7 @@ class Engine:
                 self._fail(slot, exc)
             return
         now = time.perf_counter()
+        self._stats.decode_seconds += now - decode_start
         for slot, tokens in fed:
             slot.tokens.extend(tokens)
             slot.last_used = now
@@ -402,15 +473,19 @@ class Engine:
             a = slot.active
             if a is not None and a.batch_index is not None:
                 self._sample(slot, a, a.batch_index, now)
+        self._stats.steps += 1
+        self._stats.step_seconds += time.perf_counter() - step_start
 
     def _sample(self, slot: _Slot, a: _Active, index: int, now: float) -> None:
         assert self._ctx is not None
         request = a.request
+        sample_start = time.perf_counter()
         try:
             token = a.chain.sample(self._ctx.ptr, index)
         except Exception as exc:  # a sampler must never take the engine down
             self._fail(slot, KronkError(f"sampling failed: {exc}"))
             return
+        self._stats.sample_seconds += time.perf_counter() - sample_start
         a.generated += 1
         self._stats.tokens_generated += 1
         if a.generated == 1:
@@ -424,7 +499,8 @@ class Engine:
                 self._emit(a, TextDelta("", logprobs))
             self._finish(slot, "stop")
             return
-        text, stopped = a.stops.push(a.decoder.push(self.vocab.piece(token)))
+        piece = self.vocab.piece(token, special=token in request.render_special)
+        text, stopped = a.stops.push(a.decoder.push(piece))
         if text or logprobs:
             self._emit(a, TextDelta(text, logprobs))
         if stopped:
@@ -486,9 +562,17 @@ class Engine:
         slot.tokens.clear()
         self._emit(a, Failed(error))
 
-    @staticmethod
-    def _emit(a: _Active, event: Event) -> None:
-        _emit(a.handle, event)
+    def _emit(self, a: _Active, event: Event) -> None:
+        self._emit_to(a.handle, event)
+
+    def _emit_to(self, handle: RequestHandle, event: Event) -> None:
+        _emit(handle, event)
+        if isinstance(event, Finished | Failed):
+            for listener in self._listeners:
+                try:
+                    listener(handle.request, event)
+                except Exception:
+                    log.exception("engine listener raised")
 
     def _shutdown(self) -> None:
         closed = EngineClosedError("the model was unloaded")
@@ -500,7 +584,7 @@ class Engine:
             self._jobs.clear()
         for handle, chain, _ in queued:
             chain.close()
-            _emit(handle, Failed(closed))
+            self._emit_to(handle, Failed(closed))
         for job in jobs:
             job.future.set_exception(closed)
         for slot in self._slots:
@@ -594,11 +678,3 @@ def _emit(handle: RequestHandle, event: Event) -> None:
         handle.sink(event)
     except Exception:
         log.exception("event sink raised")
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

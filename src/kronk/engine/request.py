@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from kronk.errors import KronkError
 from kronk.llama.sampler import SamplingParams
@@ -96,6 +96,12 @@ class GenerationRequest:
     stop: Sequence[str] = ()
     logprobs: int | None = None  # None: off; N: the chosen token plus N alternatives
     ignore_eos: bool = False
+    # Special tokens to emit as their text (tool-call and channel markers that are control
+    # tokens in some vocabularies); every other special token renders as nothing.
+    render_special: frozenset[int] = frozenset()
+    # The caller's tracing span (set at submit), so listeners can attach the engine's
+    # phases to it. Opaque to the engine.
+    span: Any = None
 
 
 class RequestHandle:

@@ -7,7 +7,7 @@ from kronk.llama._lib import ensure_backend, supports_gpu_offload, system_info
 from kronk.llama.batch import Batch
 from kronk.llama.context import KV_CACHE_TYPES, ContextParams, LlamaContext, default_threads
 from kronk.llama.gguf_check import validate_gguf
-from kronk.llama.grammar import JSON_OBJECT_SCHEMA, json_schema_to_grammar
+from kronk.llama.grammar import JSON_OBJECT_SCHEMA, json_schema_rules, json_schema_to_grammar
 from kronk.llama.model import LlamaModel, ModelParams
 from kronk.llama.sampler import SamplerChain, SamplingParams
 from kronk.llama.vocab import SpecialTokens, Vocab
@@ -26,6 +26,7 @@ __all__ = [
     "Vocab",
     "default_threads",
     "ensure_backend",
+    "json_schema_rules",
     "json_schema_to_grammar",
     "supports_gpu_offload",
     "system_info",

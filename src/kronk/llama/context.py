@@ -31,6 +31,19 @@ KV_CACHE_TYPES: dict[str, int] = {
     "iq4_nl": lib.GGML_TYPE_IQ4_NL,
 }
 
+# Bytes per element of each KV cache type (quantized types store 32-element blocks).
+KV_TYPE_BYTES: dict[str, float] = {
+    "f32": 4.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "q8_0": 34 / 32,
+    "q5_0": 22 / 32,
+    "q5_1": 24 / 32,
+    "q4_0": 18 / 32,
+    "q4_1": 20 / 32,
+    "iq4_nl": 18 / 32,
+}
+
 FlashAttention = Literal["auto", "on", "off"]
 Pooling = Literal["model", "none", "mean", "cls", "last", "rank"]
 
@@ -127,6 +140,17 @@ class LlamaContext:
     @property
     def ptr(self) -> Any:
         return self._ptr
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """KV cache bytes one token of one sequence takes (all layers, K and V)."""
+        k, v = self.model.kv_elements_per_token()
+        return k * KV_TYPE_BYTES[self.params.type_k] + v * KV_TYPE_BYTES[self.params.type_v]
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Size of the whole KV cache (an upper bound for sliding-window models)."""
+        return int(self.n_ctx * self.kv_bytes_per_token)
 
     def close(self) -> None:
         if not self._closed:

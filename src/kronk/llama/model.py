@@ -147,6 +147,25 @@ class LlamaModel:
         return int(lib.llama_model_n_layer(self._ptr))
 
     @property
+    def n_head(self) -> int:
+        return int(lib.llama_model_n_head(self._ptr))
+
+    @property
+    def n_head_kv(self) -> int:
+        return int(lib.llama_model_n_head_kv(self._ptr))
+
+    def kv_elements_per_token(self) -> tuple[int, int]:
+        """K and V cache elements one token takes across all layers."""
+        arch = self.architecture
+        head_dim = self.n_embd // max(1, self.n_head)
+        key_length = int(self.meta(f"{arch}.attention.key_length") or head_dim)
+        value_length = int(self.meta(f"{arch}.attention.value_length") or head_dim)
+        return (
+            self.n_layer * self.n_head_kv * key_length,
+            self.n_layer * self.n_head_kv * value_length,
+        )
+
+    @property
     def n_swa(self) -> int:
         """Sliding-window size; 0 when the model attends to the whole context."""
         return int(lib.llama_model_n_swa(self._ptr))

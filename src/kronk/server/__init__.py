@@ -1,0 +1,1 @@
+"""kronk's HTTP server: the OpenAI-compatible API over the model pool."""

@@ -1,0 +1,592 @@
+"""Request bodies of kronk's OpenAI-compatible API, validated by pydantic.
+
+Field names and ranges follow OpenAI's API; llama.cpp's extra samplers (top_k, min_p,
+typical_p, repeat_penalty, DRY, XTC, grammar, ...) use llama-server's names and ride
+along as extra body fields. OpenAI parameters kronk has no use for (metadata, store,
+service_tier, ...) are accepted and ignored, so no client is turned away for sending
+them; any other unknown field is a 400 naming it, because a typo such as
+`temprature` should not quietly give a different answer.
+
+Serving logic lives in `routes.py`; these classes only describe and check the input,
+and turn it into keyword arguments for `kronk.Kronk`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kronk.errors import InvalidRequestError, UnsupportedFeatureError
+
+StopParam = str | list[str]
+TokenIds = list[Annotated[int, Field(ge=0)]]
+PromptParam = str | list[str] | TokenIds | list[TokenIds]
+
+
+# The SDK's sampling parameter names (kronk.options.SamplingOptions) the protocols share.
+SAMPLING_PARAMS = (
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "n",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repeat_penalty",
+    "repeat_last_n",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
+    "dry_penalty_last_n",
+    "dry_sequence_breakers",
+    "xtc_probability",
+    "xtc_threshold",
+    "grammar",
+    "ignore_eos",
+)
+
+
+class RequestModel(BaseModel):
+    """Base of every request body: unknown fields are errors, NaN is not a number."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class SamplingFields(RequestModel):
+    """What every generation endpoint takes. None means "the model's default"."""
+
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    stop: StopParam | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    n: int = Field(1, ge=1)
+    user: str | None = None
+    # llama.cpp samplers (llama-server's names)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    typical_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, ge=0)
+    repeat_last_n: int | None = Field(None, ge=-1)
+    dry_multiplier: float | None = Field(None, ge=0)
+    dry_base: float | None = Field(None, ge=1)
+    dry_allowed_length: int | None = Field(None, ge=0)
+    dry_penalty_last_n: int | None = Field(None, ge=-1)
+    dry_sequence_breakers: list[str] | None = None
+    xtc_probability: float | None = Field(None, ge=0, le=1)
+    xtc_threshold: float | None = Field(None, ge=0, le=1)
+    grammar: str | None = None  # GBNF
+    ignore_eos: bool | None = None
+    # Accepted and ignored: OpenAI's bookkeeping fields, and llama-server hints that
+    # kronk always follows anyway (it always reuses cached prompt prefixes).
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    cache_prompt: bool | None = None
+    timings_per_token: bool | None = None
+    id_slot: int | None = None
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """The sampling parameters that were set, as Kronk keyword arguments."""
+        out = {name: getattr(self, name) for name in SAMPLING_PARAMS}
+        return {name: value for name, value in out.items() if value is not None}
+
+
+class StreamOptions(RequestModel):
+    include_usage: bool = False
+    include_obfuscation: bool | None = None  # ignored: no padding against length attacks
+    continuous_usage_stats: bool | None = None  # vLLM's; ignored
+
+
+# -- chat completions ----------------------------------------------------------------------
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content; only text parts are read."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    """A message in OpenAI's form. Extra keys (e.g. a template's own) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(RequestModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = "response"
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(RequestModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+ToolChoice = Literal["none", "auto", "required"] | dict[str, Any]
+
+
+class ChatCompletionRequest(SamplingFields):
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    # "none" or "minimal" turn a reasoning model's thinking off (enable_thinking=False).
+    reasoning_effort: str | None = None
+    # Accepted and ignored: output kinds kronk does not produce.
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    verbosity: str | None = None
+    # Legacy function calling: rejected with a pointer to `tools`.
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+
+    def messages_for_template(self) -> list[dict[str, Any]]:
+        """Messages as the chat template expects them, with unsupported content refused."""
+        return template_messages(self.messages)
+
+    def kronk_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `Kronk.achat_stream` besides the messages."""
+        if self.functions is not None or self.function_call is not None:
+            param = "functions" if self.functions is not None else "function_call"
+            raise UnsupportedFeatureError(
+                "functions/function_call are deprecated; use tools and tool_choice", param
+            )
+        kwargs = self.sampling_kwargs()
+        for name in ("max_tokens", "max_completion_tokens", "top_logprobs"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value
+        if self.logprobs:
+            kwargs["logprobs"] = True
+        if self.response_format is not None:
+            kwargs["response_format"] = response_format_dict(self.response_format)
+        template_kwargs = dict(self.chat_template_kwargs or {})
+        if self.reasoning_effort in ("none", "minimal"):
+            template_kwargs.setdefault("enable_thinking", False)
+        if template_kwargs:
+            kwargs["chat_template_kwargs"] = template_kwargs
+        tools = self.tool_dicts()
+        if tools is not None:
+            kwargs["tools"] = tools
+        if self.tool_choice is not None and (tools or self.tool_choice not in ("auto", "none")):
+            kwargs["tool_choice"] = check_tool_choice(self.tool_choice, tools)
+        if self.parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = self.parallel_tool_calls
+        return kwargs
+
+    def tool_dicts(self) -> list[dict[str, Any]] | None:
+        if not self.tools:
+            return None
+        return [t.model_dump(exclude_none=True) for t in self.tools]
+
+
+def response_format_dict(fmt: ResponseFormat) -> dict[str, Any]:
+    """OpenAI's response_format as the SDK takes it (schema under json_schema.schema)."""
+    if fmt.type != "json_schema":
+        return {"type": fmt.type}
+    spec = fmt.json_schema
+    if spec is None or spec.json_schema is None:
+        raise InvalidRequestError(
+            "response_format json_schema needs json_schema.schema", "response_format.json_schema"
+        )
+    out: dict[str, Any] = {"name": spec.name, "schema": spec.json_schema}
+    if spec.strict is not None:
+        out["strict"] = spec.strict
+    return {"type": "json_schema", "json_schema": out}
+
+
+def check_tool_choice(
+    choice: str | dict[str, Any], tools: list[dict[str, Any]] | None
+) -> str | dict[str, Any]:
+    """Validate tool_choice against the tools (chat form: {"type": "function",
+    "function": {"name": ...}})."""
+    if isinstance(choice, str):
+        if choice == "required" and not tools:
+            raise InvalidRequestError("tool_choice 'required' needs tools", "tool_choice")
+        return choice
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    if choice.get("type") != "function" or not isinstance(name, str):
+        raise InvalidRequestError(
+            "tool_choice must be 'none', 'auto', 'required' or "
+            '{"type": "function", "function": {"name": ...}}',
+            "tool_choice",
+        )
+    known = {t["function"]["name"] for t in tools or ()}
+    if name not in known:
+        raise InvalidRequestError(
+            f"tool_choice names {name!r}, which is not in tools", "tool_choice"
+        )
+    return {"type": "function", "function": {"name": name}}
+
+
+def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them; non-text content is refused."""
+    return [_template_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
+
+
+def _template_message(message: ChatMessage, where: str) -> dict[str, Any]:
+    out = message.model_dump(exclude_none=True)
+    if message.role == "developer":
+        out["role"] = "system"  # templates know no "developer"; it is OpenAI's new "system"
+    elif message.role == "function":
+        out["role"] = "tool"
+    if isinstance(message.content, list):
+        parts = []
+        for j, part in enumerate(message.content):
+            if part.type not in ("text", "input_text", "output_text") or part.text is None:
+                raise UnsupportedFeatureError(
+                    f"content part of type {part.type!r} is not supported; send text",
+                    f"{where}.content[{j}]",
+                )
+            parts.append({"type": "text", "text": part.text})
+        out["content"] = parts
+    elif message.content is None and message.role in ("system", "user"):
+        raise InvalidRequestError(f"a {message.role} message needs content", f"{where}.content")
+    return out
+
+
+# -- completions ---------------------------------------------------------------------------
+
+
+class CompletionRequest(SamplingFields):
+    model: str = Field(min_length=1)
+    prompt: PromptParam
+    suffix: str | None = None
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+    max_tokens: int | None = Field(16, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    best_of: int | None = Field(None, ge=1)
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompt as a list of prompts (the legacy API takes a batch)."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if not p:
+            raise InvalidRequestError("prompt must not be empty", "prompt")
+        out: list[str | list[int]] = []
+        if all(isinstance(x, int) for x in p):
+            out.append([x for x in p if isinstance(x, int)])
+            return out
+        for x in p:
+            if isinstance(x, int):
+                raise InvalidRequestError("prompt mixes token ids and texts", "prompt")
+            out.append(x)
+        return out
+
+    def kronk_kwargs(self) -> dict[str, Any]:
+        if self.best_of not in (None, 1):
+            raise UnsupportedFeatureError("only best_of=1 is supported", "best_of")
+        kwargs = self.sampling_kwargs()
+        if self.max_tokens is not None:
+            kwargs["max_tokens"] = self.max_tokens
+        if self.logprobs is not None:
+            kwargs["logprobs"] = self.logprobs
+        if self.echo:
+            kwargs["echo"] = True
+        return kwargs
+
+
+# -- responses -----------------------------------------------------------------------------
+
+
+class ResponseTextFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseTextConfig(RequestModel):
+    format: ResponseTextFormat | None = None
+    verbosity: str | None = None  # ignored
+
+
+class ReasoningConfig(RequestModel):
+    effort: str | None = None
+    summary: str | None = None  # ignored: kronk returns the reasoning text itself
+    generate_summary: str | None = None  # ignored
+
+
+class ResponseFunctionTool(RequestModel):
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponsesRequest(SamplingFields):
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None  # ignored
+    tools: list[ResponseFunctionTool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    text: ResponseTextConfig | None = None
+    reasoning: ReasoningConfig | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    background: bool | None = None
+    include: list[str] | None = None  # ignored
+    truncation: Literal["auto", "disabled"] | None = None  # kronk never truncates
+    max_tool_calls: int | None = Field(None, ge=1)
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def chat_tools(self) -> list[dict[str, Any]] | None:
+        """Responses' flat function tools in the chat form the SDK takes."""
+        if not self.tools:
+            return None
+        out = []
+        for tool in self.tools:
+            function = tool.model_dump(exclude_none=True, exclude={"type"})
+            out.append({"type": "function", "function": function})
+        return out
+
+    def chat_tool_choice(self, tools: list[dict[str, Any]] | None) -> str | dict[str, Any] | None:
+        choice = self.tool_choice
+        if choice is None or isinstance(choice, str):
+            return check_tool_choice(choice, tools) if choice is not None else None
+        if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+            return check_tool_choice(
+                {"type": "function", "function": {"name": choice["name"]}}, tools
+            )
+        raise InvalidRequestError(
+            "tool_choice must be 'none', 'auto', 'required' or "
+            '{"type": "function", "name": ...}',
+            "tool_choice",
+        )
+
+    def response_format(self) -> dict[str, Any] | None:
+        fmt = self.text.format if self.text is not None else None
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.type == "json_object":
+            return {"type": "json_object"}
+        if fmt.json_schema is None:
+            raise InvalidRequestError("text.format json_schema needs a schema", "text.format")
+        spec: dict[str, Any] = {"name": fmt.name or "response", "schema": fmt.json_schema}
+        if fmt.strict is not None:
+            spec["strict"] = fmt.strict
+        return {"type": "json_schema", "json_schema": spec}
+
+    def messages(self) -> list[dict[str, Any]]:
+        """`instructions` + `input` as chat messages."""
+        if self.previous_response_id is not None or self.conversation is not None:
+            param = "previous_response_id" if self.previous_response_id else "conversation"
+            raise UnsupportedFeatureError(
+                "kronk does not store responses; send the whole conversation in input", param
+            )
+        if self.background:
+            raise UnsupportedFeatureError("background responses are not supported", "background")
+        messages: list[dict[str, Any]] = []
+        if self.instructions:
+            messages.append({"role": "system", "content": self.instructions})
+        if isinstance(self.input, str):
+            messages.append({"role": "user", "content": self.input})
+        else:
+            for i, item in enumerate(self.input):
+                _add_input_item(messages, item, f"input[{i}]")
+        if not any(m["role"] != "system" for m in messages):
+            raise InvalidRequestError("input must hold at least one message", "input")
+        return messages
+
+    def kronk_kwargs(self) -> dict[str, Any]:
+        kwargs = self.sampling_kwargs()
+        if self.max_output_tokens is not None:
+            kwargs["max_tokens"] = self.max_output_tokens
+        if self.top_logprobs is not None:
+            kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = self.top_logprobs
+        fmt = self.response_format()
+        if fmt is not None:
+            kwargs["response_format"] = fmt
+        template_kwargs = dict(self.chat_template_kwargs or {})
+        if self.reasoning is not None and self.reasoning.effort in ("none", "minimal"):
+            template_kwargs.setdefault("enable_thinking", False)
+        if template_kwargs:
+            kwargs["chat_template_kwargs"] = template_kwargs
+        tools = self.chat_tools()
+        if tools is not None:
+            kwargs["tools"] = tools
+        choice = self.chat_tool_choice(tools)
+        if choice is not None and (tools or choice not in ("auto", "none")):
+            kwargs["tool_choice"] = choice
+        if self.parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = self.parallel_tool_calls
+        return kwargs
+
+
+def _input_text(content: Any, where: str) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequestError("content must be a string or a list of parts", where)
+    parts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        text = part.get("text") if isinstance(part, dict) else None
+        if kind not in ("input_text", "output_text", "text") or not isinstance(text, str):
+            raise UnsupportedFeatureError(
+                f"content part of type {kind!r} is not supported; send text", f"{where}[{j}]"
+            )
+        parts.append({"type": "text", "text": text})
+    return parts
+
+
+def _add_input_item(messages: list[dict[str, Any]], item: dict[str, Any], where: str) -> None:
+    kind = item.get("type", "message")
+    if kind == "message":
+        role = item.get("role")
+        if role not in ("user", "assistant", "system", "developer"):
+            raise InvalidRequestError(
+                "role must be user, assistant, system or developer", f"{where}.role"
+            )
+        content = _input_text(item.get("content"), f"{where}.content")
+        messages.append({"role": "system" if role == "developer" else role, "content": content})
+    elif kind == "function_call":
+        call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
+        if not isinstance(call_id, str) or not isinstance(name, str):
+            raise InvalidRequestError("function_call needs call_id and name", where)
+        if not isinstance(arguments, str):
+            raise InvalidRequestError("function_call arguments must be a string", where)
+        call = {
+            "id": call_id,
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+            last["tool_calls"].append(call)  # parallel calls belong to one assistant turn
+        else:
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+    elif kind == "function_call_output":
+        call_id, output = item.get("call_id"), item.get("output")
+        if not isinstance(call_id, str):
+            raise InvalidRequestError("function_call_output needs call_id", where)
+        if not isinstance(output, str):
+            output = _input_text(output, f"{where}.output")
+        messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
+    elif kind == "reasoning":
+        pass  # earlier reasoning is not shown to the model again, as chat templates do
+    else:
+        raise UnsupportedFeatureError(f"input item of type {kind!r} is not supported", where)
+
+
+# -- embeddings ----------------------------------------------------------------------------
+
+
+class EmbeddingRequest(RequestModel):
+    model: str = Field(min_length=1)
+    input: PromptParam
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    def inputs(self) -> str | list[str] | list[int] | list[list[int]]:
+        if isinstance(self.input, list) and not self.input:
+            raise InvalidRequestError("input must not be empty", "input")
+        return self.input
+
+
+# -- tokens --------------------------------------------------------------------------------
+
+
+class TokenizeRequest(RequestModel):
+    """llama-server's `content` or vLLM's `prompt`/`messages`: one of them."""
+
+    model: str = Field(min_length=1)
+    content: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special: bool | None = None
+    add_special_tokens: bool | None = None  # vLLM's name for add_special
+    parse_special: bool = False
+    with_pieces: bool = False
+
+    def text_param(self) -> tuple[str, str] | None:
+        """(text, its parameter name), or None when `messages` was sent instead."""
+        given: list[tuple[str, str]] = []
+        for text, param in ((self.content, "content"), (self.prompt, "prompt")):
+            if text is not None:
+                given.append((text, param))
+        if len(given) + (self.messages is not None) != 1:
+            raise InvalidRequestError("send exactly one of content, prompt or messages", "content")
+        return given[0] if given else None
+
+
+class DetokenizeRequest(RequestModel):
+    model: str = Field(min_length=1)
+    tokens: TokenIds
+
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CompletionRequest",
+    "DetokenizeRequest",
+    "EmbeddingRequest",
+    "ResponsesRequest",
+    "StreamOptions",
+    "TokenizeRequest",
+    "template_messages",
+]

@@ -1,0 +1,178 @@
+"""Server settings, from four places; each later one wins:
+
+    defaults  <  the `server:` section of <home>/config.yaml  <  KRONK_* environment  <  flags
+
+The home folder itself comes from `--home`, else `KRONK_HOME`, else `~/.kronk`.
+A bad value is a ConfigError that names where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kronk.errors import ConfigError
+from kronk.home import KronkHome
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11435
+CONFIG_FILE = "config.yaml"
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+# Setting name -> its environment variable.
+ENVIRONMENT: dict[str, str] = {
+    "host": "KRONK_HOST",
+    "port": "KRONK_PORT",
+    "model": "KRONK_MODEL",
+    "parallel": "KRONK_PARALLEL",
+    "ctx_size": "KRONK_CTX_SIZE",
+    "models_max": "KRONK_MODELS_MAX",
+    "ttl": "KRONK_TTL",
+    "threads": "KRONK_THREADS",
+    "max_queue": "KRONK_MAX_QUEUE",
+    "log_level": "KRONK_LOG_LEVEL",
+    "graceful_timeout": "KRONK_GRACEFUL_TIMEOUT",
+}
+
+
+def home_folder(flag: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """The kronk home folder: the flag, else $KRONK_HOME, else ~/.kronk."""
+    return KronkHome.resolve(flag or None, environ=environ).root
+
+
+class ServerSettings(BaseModel):
+    """How `kronk server start` runs. None means "the catalog entry's value, else the SDK's
+    default" for the per-model settings (parallel, ctx_size, threads, max_queue)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = DEFAULT_HOST
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    home: Path = Field(default_factory=home_folder)
+    model: str | None = None  # preload this one (a model id, or a path to a GGUF file)
+    parallel: int | None = Field(None, ge=1, le=256)  # slots per model
+    ctx_size: int | None = Field(None, ge=8)  # context window per slot
+    models_max: int = Field(3, ge=1)
+    ttl: float = 300.0  # idle seconds before unloading; 0 at once, negative never
+    threads: int | None = Field(None, ge=1)
+    max_queue: int | None = Field(None, ge=0)  # requests waiting for a slot, per model
+    log_level: LogLevel = "info"
+    graceful_timeout: float = Field(30.0, ge=0)  # seconds in-flight requests get to finish
+
+    # -- where things live under the home folder -------------------------------------------
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / CONFIG_FILE
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "server.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs_dir / "server.log"
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    def load_defaults(self) -> dict[str, Any]:
+        """Kronk(...) keyword arguments the user set for every model."""
+        chosen = {
+            "n_ctx": self.ctx_size,
+            "n_seq_max": self.parallel,
+            "n_threads": self.threads,
+            "max_queue": self.max_queue,
+        }
+        return {key: value for key, value in chosen.items() if value is not None}
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> ServerSettings:
+        """Merge defaults, the config file, the environment and `flags` (None = not given)."""
+        environ = os.environ if environ is None else environ
+        flags = {key: value for key, value in (flags or {}).items() if value is not None}
+        home = home_folder(flags.pop("home", None), environ)
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+
+        config_file = home / CONFIG_FILE
+        for key, value in _read_config(config_file).items():
+            values[key] = value
+            sources[key] = f"{config_file} (server.{key})"
+        for key, var in ENVIRONMENT.items():
+            raw = environ.get(var)
+            if raw is not None and raw.strip() != "":
+                values[key] = raw.strip()
+                sources[key] = f"environment variable {var}"
+        for key, value in flags.items():
+            if key not in cls.model_fields:
+                raise ConfigError(f"unknown server setting {key!r}")
+            values[key] = value
+            sources[key] = f"--{key.replace('_', '-')}"
+        try:
+            return cls.model_validate({**values, "home": home})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = str(err["loc"][0]) if err["loc"] else ""
+            where = sources.get(key, key)
+            raise ConfigError(f"bad value for {key} from {where}: {err['msg']}") from None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The `server:` section of the config file ({} when there is no file or section)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    section = data.get("server")
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'server' must be a mapping of settings")
+    out: dict[str, Any] = {}
+    for raw_key, value in section.items():
+        key = str(raw_key).replace("-", "_")
+        if key == "home":
+            raise ConfigError(f"{path}: 'home' cannot be set inside the home folder's config")
+        if key not in ServerSettings.model_fields:
+            known = ", ".join(k for k in ServerSettings.model_fields if k != "home")
+            raise ConfigError(f"{path}: unknown server setting {raw_key!r} (known: {known})")
+        out[key] = value
+    return out
+
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ENVIRONMENT", "ServerSettings", "home_folder"]
