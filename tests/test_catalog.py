@@ -235,6 +235,23 @@ def test_lookup_by_sha256_and_by_url() -> None:
             ),
             "relative path",
         ),
+        (
+            catalog_yaml(
+                entry(
+                    sources=[
+                        {
+                            "type": "pypi_folder",
+                            "package": "p",
+                            "version": "1",
+                            "folder": "p/model/",
+                            "convert": "sentence-transformers",
+                            "inputs": [{"name": "../../etc/passwd"}],
+                        }
+                    ]
+                )
+            ),
+            "inside the folder",
+        ),
         (yaml.safe_dump({"schema": 99, "models": []}), "newer"),
         ("models: [unclosed", "not valid YAML"),
         ("- just\n- a list\n", "mapping"),

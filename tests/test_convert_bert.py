@@ -84,6 +84,34 @@ def test_minilm_embeddings_match_sentence_transformers(
     assert cosine(first, second) < 0.5
 
 
+def test_kronk_model_import_converts_the_minilm_folder_into_the_catalog_model(
+    minilm_folder: Path, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    """`kronk model import FOLDER` as a user runs it: the folder is recognised as the
+    catalog's default embedding model by its pinned inputs, converted, indexed, and its
+    embeddings match sentence-transformers'."""
+    from typer.testing import CliRunner
+
+    from kronk.cli.main import app
+
+    home = tmp_path / "home"
+    runner = CliRunner()
+    imported = runner.invoke(
+        app, ["model", "import", str(minilm_folder), "--home", str(home)], catch_exceptions=False
+    )
+    listed = runner.invoke(app, ["model", "list", "--json", "--home", str(home)])
+
+    assert imported.exit_code == 0, imported.output
+    (model,) = json.loads(listed.stdout)
+    assert model["id"] == model["catalog_id"] == "all-minilm-l6-v2"
+    assert model["capabilities"] == ["embedding"]
+    sentences = reference["sentences"]
+    with Kronk(model["path"], n_threads=2) as kronk:
+        vectors = [d.embedding for d in kronk.embed([s["text"] for s in sentences]).data]
+    similarities = [cosine(v, s["embedding"]) for v, s in zip(vectors, sentences, strict=True)]
+    assert min(similarities) >= MIN_COSINE, similarities
+
+
 def test_minilm_is_an_embedding_model(minilm: Kronk) -> None:
     info = minilm.model_info()
     assert info.capabilities == ["embedding"]

@@ -16,8 +16,8 @@ from kronk.models.download import (
     DownloadProgress,
     RemoteFile,
     download_file,
-    partial_path,
 )
+from kronk.models.names import partial_path
 from support.file_server import FileServer
 
 DATA = random.Random(7).randbytes(300_000)

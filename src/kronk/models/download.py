@@ -33,7 +33,7 @@ import httpx
 
 from kronk.errors import DownloadError, ModelIntegrityError
 from kronk.models.files import LockBusyError, fsync_dir, try_lock, update_hash_from
-from kronk.models.names import PARTIAL_SUFFIX
+from kronk.models.names import partial_path
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
@@ -84,11 +84,6 @@ class DownloadResult:
     sha256: str
     fetched: int  # bytes received over the network in this call
     resumed_from: int  # bytes already on disk that were kept
-
-
-def partial_path(dest: Path) -> Path:
-    """Where `dest` is downloaded to until it is verified."""
-    return dest.with_name(dest.name + PARTIAL_SUFFIX)
 
 
 class ProgressMeter:

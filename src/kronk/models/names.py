@@ -11,6 +11,7 @@ Names derived from URLs go through `sanitize_*` first, which maps them into that
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from kronk.errors import InvalidRequestError
 
@@ -37,6 +38,11 @@ def check_file_name(value: str) -> str:
             f"invalid model file name {value!r}: it may not end with {PARTIAL_SUFFIX}", "file"
         )
     return name
+
+
+def partial_path(dest: Path) -> Path:
+    """Where `dest` is written until it is verified (downloads and chunk assemblies resume it)."""
+    return dest.with_name(dest.name + PARTIAL_SUFFIX)
 
 
 def is_safe_name(value: str) -> bool:

