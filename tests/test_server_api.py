@@ -25,12 +25,24 @@ from support.tiny_gguf import write_not_gguf
 N_CTX = 256
 USER = [{"role": "user", "content": "hello"}]
 
+# A reasoning model's template in the style of Qwen3 and DeepSeek-R1: the answer opens
+# with a think block, and `enable_thinking=False` renders it closed and empty instead.
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
+    "{% else %}<think>\n{% endif %}"
+)
+
 
 @pytest.fixture(scope="module")
 def srv(
     tiny_llama_path: Path, tiny_bert_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    broken = write_not_gguf(tmp_path_factory.mktemp("broken") / "broken.gguf")
+    folder = tmp_path_factory.mktemp("server-api")
+    broken = write_not_gguf(folder / "broken.gguf")
+    thinking = folder / "thinking.jinja"
+    thinking.write_text(THINKING_TEMPLATE)
     models = {
         "tiny": tiny_llama_path,
         "bert": ResolvedModel(id="bert", path=tiny_bert_path, capabilities=None),
@@ -39,8 +51,12 @@ def srv(
             id="bert-fixed", path=tiny_bert_path, capabilities=frozenset({"embedding"})
         ),
         "broken": broken,
+        "thinker": ResolvedModel(
+            id="thinker", path=tiny_llama_path, load_options={"chat_template": str(thinking)}
+        ),
     }
-    with live_server(models, load_defaults={"n_ctx": N_CTX, "n_seq_max": 2, "n_threads": 1}) as s:
+    defaults = {"n_ctx": N_CTX, "n_seq_max": 2, "n_threads": 1}
+    with live_server(models, load_defaults=defaults, models_max=len(models)) as s:
         yield s
 
 
@@ -67,7 +83,7 @@ def test_health_and_readiness(srv: LiveServer) -> None:
 
 def test_models_list_and_lookup(srv: LiveServer, client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
-    assert ids == ["tiny", "bert", "bert-fixed", "broken"]
+    assert ids == ["tiny", "bert", "bert-fixed", "broken", "thinker"]
     model = client.models.retrieve("tiny")
     assert (model.id, model.object, model.owned_by) == ("tiny", "model", "kronk")
     with pytest.raises(openai.NotFoundError) as info:
@@ -155,6 +171,24 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
         assert token.logprob <= 0 and len(token.top_logprobs) == 2
 
 
+def test_sampling_parameters_reach_the_sampler(client: openai.OpenAI) -> None:
+    def answer(**params: Any) -> str:
+        extra = {"ignore_eos": True, **params.pop("extra_body", {})}
+        resp = client.chat.completions.create(
+            model="tiny", messages=USER, max_tokens=6, extra_body=extra, **params
+        )
+        return resp.choices[0].message.content or ""
+
+    greedy = answer(temperature=0)
+    # llama.cpp's top_k as an extra body field: keeping one candidate is greedy decoding.
+    assert answer(temperature=1.5, seed=3, extra_body={"top_k": 1}) == greedy
+    assert answer(temperature=1.5, seed=11) == answer(temperature=1.5, seed=11)
+    short = client.chat.completions.create(
+        model="tiny", messages=USER, max_completion_tokens=3, extra_body={"ignore_eos": True}
+    )
+    assert short.usage is not None and short.usage.completion_tokens == 3
+
+
 def test_chat_with_a_message_history_and_content_parts(client: openai.OpenAI) -> None:
     resp = client.chat.completions.create(
         model="tiny",
@@ -168,6 +202,45 @@ def test_chat_with_a_message_history_and_content_parts(client: openai.OpenAI) ->
         extra_body={"metadata": {"chat_id": "x"}, "store": False, "cache_prompt": True},
     )
     assert resp.choices[0].message.content is not None
+
+
+def test_reasoning_content_and_turning_thinking_off(client: openai.OpenAI) -> None:
+    greedy: dict[str, Any] = {"max_tokens": 8, "temperature": 0, "extra_body": {"ignore_eos": True}}
+    thinking = client.chat.completions.create(model="thinker", messages=USER, **greedy)
+    message = thinking.choices[0].message
+    reasoning = (message.model_extra or {}).get("reasoning_content")
+    assert reasoning and message.content == ""  # the think block never closed
+    chunks = list(
+        client.chat.completions.create(model="thinker", messages=USER, stream=True, **greedy)
+    )
+    streamed = [(c.choices[0].delta.model_extra or {}) for c in chunks if c.choices]
+    assert "".join(d.get("reasoning_content") or "" for d in streamed) == reasoning
+    assert not any(c.choices[0].delta.content for c in chunks if c.choices)
+
+    # Both ways of turning thinking off render the think block closed: all content.
+    off = client.chat.completions.create(
+        model="thinker", messages=USER, reasoning_effort="none", **greedy
+    ).choices[0]
+    assert off.message.content and "reasoning_content" not in (off.message.model_extra or {})
+    kwargs = {**greedy["extra_body"], "chat_template_kwargs": {"enable_thinking": False}}
+    also_off = client.chat.completions.create(
+        model="thinker", messages=USER, **{**greedy, "extra_body": kwargs}
+    ).choices[0]
+    assert also_off.message.content == off.message.content
+
+
+def test_responses_reasoning_item_and_effort_none(client: openai.OpenAI) -> None:
+    common: dict[str, Any] = {"max_output_tokens": 8, "temperature": 0}
+    resp = client.responses.create(model="thinker", input="hello", **common)
+    (item,) = resp.output  # cut off while still thinking: reasoning only
+    assert item.type == "reasoning" and item.content and item.content[0].text
+    events = list(client.responses.create(model="thinker", input="hello", stream=True, **common))
+    deltas = [e.delta for e in events if e.type == "response.reasoning_text.delta"]
+    assert "".join(deltas) == item.content[0].text
+    off = client.responses.create(
+        model="thinker", input="hello", reasoning={"effort": "none"}, **common
+    )
+    assert [i.type for i in off.output] == ["message"] and off.output_text
 
 
 # -- completions ---------------------------------------------------------------------------
@@ -337,6 +410,23 @@ def test_tokenize_detokenize_round_trip(srv: LiveServer) -> None:
 MSG = [{"role": "user", "content": "x"}]
 CHAT = "/v1/chat/completions"
 
+
+def nested_schema(depth: int) -> dict[str, Any]:
+    """A JSON Schema of objects in objects, `depth` levels of them."""
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+def nested_list(depth: int) -> list[Any]:
+    """[[[...]]], `depth` lists deep."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
     # (path, body (bytes: sent raw), status, param)
     (CHAT, b"{bad json", 400, None),
@@ -392,6 +482,14 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
     (CHAT, {"model": "tiny", "messages": MSG, "stop": ["s"] * 20}, 400, "stop"),
     (CHAT, {"model": "tiny", "messages": MSG, "logit_bias": {"abc": 1}}, 400, "logit_bias"),
     (CHAT, {"model": "tiny", "messages": MSG, "grammar": "root ::= undefined"}, 400, "grammar"),
+    # A grammar that parses but allows no token: found while sampling, still the caller's.
+    (CHAT, {"model": "tiny", "messages": MSG, "grammar": "root ::= [z-a]"}, 400, "grammar"),
+    (
+        CHAT,
+        {"model": "tiny", "messages": MSG, "chat_template_kwargs": {"messages": 1}},
+        400,
+        "chat_template_kwargs",
+    ),
     (
         CHAT,
         {"model": "tiny", "messages": MSG, "response_format": {"type": "xml"}},
@@ -428,6 +526,76 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
         413,
         "messages",
     ),
+    (
+        CHAT,
+        b'{"model": "tiny", "messages": [{"role": "user", "content": "a\\ud800"}]}',
+        400,
+        "messages[0].content",
+    ),
+    (
+        CHAT,
+        {"model": "tiny", "messages": [{"role": "assistant", "tool_calls": [{"id": 1}]}, *MSG]},
+        400,
+        "messages[0].tool_calls[0].id",
+    ),
+    (
+        CHAT,
+        {
+            "model": "tiny",
+            "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}],
+        },
+        400,
+        "messages[0].tool_calls[0].function",
+    ),
+    (
+        CHAT,
+        {
+            "model": "tiny",
+            "messages": MSG,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}],
+        },
+        400,
+        "tools[0].function.parameters",
+    ),
+    (
+        CHAT,
+        {
+            "model": "tiny",
+            "messages": MSG,
+            "tools": [{"type": "function", "function": {"name": "a b"}}],
+        },
+        400,
+        "tools",
+    ),
+    (
+        CHAT,
+        {
+            "model": "tiny",
+            "messages": MSG,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "wat"}},
+            },
+        },
+        400,
+        "response_format",
+    ),
+    (
+        CHAT,
+        {
+            "model": "tiny",
+            "messages": MSG,
+            "tool_choice": "required",
+            "tools": [
+                {"type": "function", "function": {"name": "f", "parameters": nested_schema(40)}}
+            ],
+        },
+        400,
+        "tools",
+    ),
+    (CHAT, {"model": "tiny", "messages": MSG, "metadata": {"a": nested_list(70)}}, 400, "metadata"),
+    (CHAT, {"model": "tiny", "messages": MSG, "seed": 2**40}, 400, "seed"),
+    (CHAT, {"model": "tiny", "messages": MSG, "logit_bias": {"99999": 1}}, 400, "logit_bias"),
     ("/v1/completions", {"model": "tiny"}, 400, "prompt"),
     ("/v1/completions", {"model": "tiny", "prompt": []}, 400, "prompt"),
     ("/v1/completions", {"model": "tiny", "prompt": [10**9]}, 400, "prompt"),
@@ -449,6 +617,23 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
         400,
         "text.format",
     ),
+    (
+        "/v1/responses",
+        {"model": "tiny", "input": "x", "text": {"format": {"type": "json_schema", "schema": 1}}},
+        400,
+        "text.format.schema",
+    ),
+    (
+        "/v1/responses",
+        {
+            "model": "tiny",
+            "input": "x",
+            "text": {"format": {"type": "json_schema", "schema": {"type": "wat"}}},
+        },
+        400,
+        "text.format",  # the SDK's response_format, as the Responses API names it
+    ),
+    ("/v1/responses", b'{"model": "tiny", "input": "\\udfff"}', 400, "input"),
     ("/v1/responses", {"model": "nope", "input": "x"}, 404, "model"),
     ("/v1/embeddings", {"model": "bert"}, 400, "input"),
     ("/v1/embeddings", {"model": "bert", "input": []}, 400, "input"),

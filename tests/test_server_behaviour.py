@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
 from pydantic import BaseModel
 
+from kronk.models.catalog import Catalog
+from kronk.tools.pypi_chunks import DEFAULT_MODEL
 from support.live_server import LiveServer, live_server
 
 GREEDY: dict[str, Any] = {"temperature": 0}
@@ -88,9 +91,11 @@ FOLLOW_UP_PROMPT = "\n".join(
 
 
 @pytest.fixture(scope="module")
-def srv(default_model_path: Path) -> Iterator[LiveServer]:
+def srv(default_model_path: Path, minilm_gguf_path: Path) -> Iterator[LiveServer]:
     defaults = {"n_ctx": 2048, "n_seq_max": 4, "n_threads": 2, "batch_invariant": True}
-    with live_server({"qwen": default_model_path}, load_defaults=defaults, preload="qwen") as s:
+    # The default chat model, and the default embedding model (loaded on first use).
+    models = {"qwen": default_model_path, "minilm": minilm_gguf_path}
+    with live_server(models, load_defaults=defaults, preload="qwen") as s:
         yield s
 
 
@@ -188,6 +193,23 @@ def test_responses_with_and_without_streaming(client: openai.OpenAI) -> None:
     assert deltas == resp.output_text == events[-1].response.output_text  # type: ignore[union-attr]
 
 
+def test_embeddings_place_similar_sentences_close(client: openai.OpenAI) -> None:
+    sentences = [
+        "A cat sits on the mat.",
+        "A kitten is sitting on a rug.",
+        "Quarterly revenue grew by five percent.",
+    ]
+    # The openai client asks for base64 and decodes it into floats.
+    resp = client.embeddings.create(model="minilm", input=sentences)
+    assert [d.index for d in resp.data] == [0, 1, 2]
+    vectors = np.array([d.embedding for d in resp.data])
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.3  # cat ~ kitten, not revenue
+    assert resp.usage.prompt_tokens > len(sentences)
+
+
 def test_concurrent_clients_get_the_answers_they_would_get_alone(srv: LiveServer) -> None:
     questions = [
         "What is 2+2?",
@@ -218,13 +240,29 @@ def test_concurrent_clients_get_the_answers_they_would_get_alone(srv: LiveServer
     assert asyncio.run(together()) == alone
 
 
+def openwebui_sampling() -> dict[str, Any]:
+    """What `kronk server start` samples the default model with when a request, like
+    OpenWebUI's background tasks, sets no parameters: the catalog entry's defaults. A seed
+    makes the sampled answer reproducible (the server is batch-invariant)."""
+    entry = Catalog().default_model()
+    assert entry is not None and entry.files[0].sha256 == DEFAULT_MODEL.sha256
+    sampling = dict(entry.defaults.sampling)
+    openai_names = {"temperature", "top_p"}
+    params: dict[str, Any] = {k: v for k, v in sampling.items() if k in openai_names}
+    extra = {k: v for k, v in sampling.items() if k not in openai_names}
+    return {**params, "seed": 7, "extra_body": extra}
+
+
 def test_openwebui_title_and_follow_up_requests_return_json(client: openai.OpenAI) -> None:
+    sampling = openwebui_sampling()
+    extra = sampling.pop("extra_body")
     title = client.chat.completions.create(
         model="qwen",
         messages=ask(TITLE_PROMPT),
         stream=False,
         response_format={"type": "json_object"},
-        extra_body={"metadata": {"task": "title_generation", "chat_id": "local"}},
+        extra_body={**extra, "metadata": {"task": "title_generation", "chat_id": "local"}},
+        **sampling,
     )
     parsed = json.loads(title.choices[0].message.content or "")
     assert isinstance(parsed["title"], str) and parsed["title"].strip()
@@ -233,8 +271,10 @@ def test_openwebui_title_and_follow_up_requests_return_json(client: openai.OpenA
         messages=ask(FOLLOW_UP_PROMPT),
         stream=False,
         response_format={"type": "json_object"},
-        extra_body={"metadata": {"task": "follow_up_generation"}},
+        extra_body={**extra, "metadata": {"task": "follow_up_generation"}},
+        **sampling,
     )
+    assert follow.choices[0].finish_reason == "stop"
     follow_ups = json.loads(follow.choices[0].message.content or "")["follow_ups"]
     assert follow_ups and all(isinstance(q, str) and q.strip() for q in follow_ups)
 
@@ -290,14 +330,39 @@ def test_streamed_tool_call(client: openai.OpenAI) -> None:
     )
     calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
     assert calls, "no tool call deltas"
-    head = calls[0]
-    assert head.index == 0 and head.id and head.function and head.function.name == "get_weather"
+    # As OpenAI streams a call: index, id, type and name first (with empty arguments),
+    # then argument fragments alone.
+    head, rest = calls[0], calls[1:]
+    assert head.index == 0 and head.id and head.type == "function"
+    assert head.function and head.function.name == "get_weather"
+    assert head.function.arguments == ""
+    assert rest and all(tc.index == 0 and tc.id is None and tc.type is None for tc in rest)
+    assert all(tc.function and tc.function.name is None for tc in rest)
     arguments = "".join(tc.function.arguments or "" for tc in calls if tc.function)
     assert json.loads(arguments)["city"] == "Paris"
     finish = [
         c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
     ]
     assert finish == ["tool_calls"]
+
+
+class GetWeather(BaseModel):
+    """Get the current weather for a city"""
+
+    city: str
+
+
+def test_strict_tool_arguments_parse_into_a_pydantic_model(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.parse(
+        model="qwen",
+        messages=ask("What's the weather in Paris?"),
+        tools=[openai.pydantic_function_tool(GetWeather)],
+        tool_choice="required",
+        **GREEDY,
+    )
+    (call,) = resp.choices[0].message.tool_calls or []
+    assert call.function.name == "GetWeather"
+    assert call.function.parsed_arguments == GetWeather(city="Paris")
 
 
 def test_responses_function_call(client: openai.OpenAI) -> None:

@@ -4,15 +4,19 @@ against a tiny model given by path."""
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
 from kronk.cli.server import pid_alive
+from kronk.server.settings import ENVIRONMENT
 from support.tiny_gguf import write_not_gguf
 
 
@@ -44,7 +48,10 @@ def home(tmp_path: Path) -> Path:
 
 
 def test_detached_server_serves_logs_and_stops(tiny_llama_path: Path, home: Path) -> None:
-    env = kronk_env(home)
+    # Each setting from another layer: the config file, the environment, a flag.
+    home.mkdir(parents=True)
+    (home / "config.yaml").write_text("server:\n  ctx-size: 256\n  parallel: 2\n  ttl: 600\n")
+    env = kronk_env(home, KRONK_CTX_SIZE="128")
     port = free_port()
     started = kronk(
         "start",
@@ -55,8 +62,6 @@ def test_detached_server_serves_logs_and_stops(tiny_llama_path: Path, home: Path
         str(tiny_llama_path),
         "--threads",
         "1",
-        "--ctx-size",
-        "128",
         "--parallel",
         "1",
         env=env,
@@ -74,6 +79,10 @@ def test_detached_server_serves_logs_and_stops(tiny_llama_path: Path, home: Path
             model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=2
         )
         assert reply.choices[0].message.content is not None
+        (loaded,) = httpx.get(f"http://127.0.0.1:{port}/api/ps", timeout=30).json()["models"]
+        assert loaded["n_ctx"] == 128  # KRONK_CTX_SIZE beat the config file's 256
+        assert loaded["slots"] == 1  # --parallel beat the config file's 2
+        assert loaded["expires_at"] - loaded["last_used"] == pytest.approx(600)  # config ttl
 
         twice = kronk("start", "-d", "--port", str(free_port()), env=env)
         assert twice.returncode == 1 and "already running" in twice.stderr
@@ -129,6 +138,49 @@ def test_a_model_that_fails_to_load_stops_the_detached_server(tmp_path: Path, ho
     assert "exited with status 1" in result.stderr
     assert "GGUF" in result.stderr  # the log's tail says why
     assert not (home / "run" / "server.pid").exists()
+
+
+def test_logs_follow_prints_lines_as_they_are_appended(home: Path) -> None:
+    log_file = home / "logs" / "server.log"
+    log_file.parent.mkdir(parents=True)
+    log_file.write_text("old line\nlast line\n")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "kronk.cli.main", "server", "logs", "-f", "-n", "1"],
+        stdout=subprocess.PIPE,
+        env=kronk_env(home, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        assert read_line(follower) == "last line"
+        with log_file.open("a") as f:
+            f.write("new line\n")
+        assert read_line(follower) == "new line"
+        assert follower.poll() is None  # still following
+    finally:
+        follower.terminate()
+        follower.wait(30)
+
+
+def read_line(proc: subprocess.Popen[bytes], deadline_s: float = 60.0) -> str:
+    """The next line `proc` prints, waiting at most `deadline_s` for it."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + deadline_s
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        assert left > 0, f"no full line within {deadline_s}s (got {line!r})"
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if ready:
+            byte = os.read(proc.stdout.fileno(), 1)
+            assert byte, f"the process ended (got {line!r})"
+            line += byte
+    return line.decode().rstrip("\n")
+
+
+def test_start_help_names_every_environment_twin(home: Path) -> None:
+    shown = kronk("start", "--help", env=kronk_env(home, COLUMNS="200"))
+    assert shown.returncode == 0
+    for var in [*ENVIRONMENT.values(), "KRONK_HOME"]:
+        assert f"env: {var}" in shown.stdout, var
 
 
 def test_logs_without_a_log_file(home: Path) -> None:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from kronk.errors import InvalidRequestError
 from kronk.llama import SamplingParams
@@ -102,11 +102,26 @@ class SamplingOptions(BaseModel):
         return SamplingParams(**{**vars(defaults), **fields})
 
 
+# Template variables the request itself provides (see ChatTemplate.render).
+RESERVED_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "add_generation_prompt"})
+
+
 class ChatOptions(SamplingOptions):
     logprobs: bool = False
     top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # extra variables for the template
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _no_reserved_template_variables(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # kronk sets these itself from the request; a second value would be ambiguous.
+        reserved = sorted(set(value or ()) & RESERVED_TEMPLATE_VARIABLES)
+        if reserved:
+            raise ValueError(
+                f"{', '.join(reserved)} cannot be set here; they come from the request"
+            )
+        return value
 
 
 class CompletionOptions(SamplingOptions):

@@ -40,7 +40,7 @@ err_console = Console(stderr=True)
 
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", help="kronk home folder [env: KRONK_HOME; default: ~/.kronk]"),
+    typer.Option("--home", help="kronk home folder (env: KRONK_HOME; default: ~/.kronk)"),
 ]
 
 
@@ -50,46 +50,60 @@ HomeOption = Annotated[
 @app.command()
 def start(
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on [env: KRONK_HOST; 127.0.0.1]")
+        str | None, typer.Option(help="Address to listen on (env: KRONK_HOST; default: 127.0.0.1)")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env: KRONK_PORT; 11435]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env: KRONK_PORT; default: 11435)")] = None,
     home: HomeOption = None,
     model: Annotated[
         str | None,
         typer.Option(
-            help="Load this model at start: a model id or a .gguf path [env: KRONK_MODEL]"
+            help="Load this model at start: a model id or a .gguf path (env: KRONK_MODEL)"
         ),
     ] = None,
     parallel: Annotated[
         int | None,
-        typer.Option(help="Parallel slots per model [env: KRONK_PARALLEL; catalog or 4]"),
+        typer.Option(
+            help="Parallel slots per model (env: KRONK_PARALLEL; default: catalog, else 4)"
+        ),
     ] = None,
     ctx_size: Annotated[
         int | None,
-        typer.Option(help="Context window per slot, in tokens [env: KRONK_CTX_SIZE; 4096]"),
+        typer.Option(
+            help="Context window per slot, in tokens "
+            "(env: KRONK_CTX_SIZE; default: catalog, else 4096)"
+        ),
     ] = None,
     models_max: Annotated[
-        int | None, typer.Option(help="Models loaded at once [env: KRONK_MODELS_MAX; 3]")
+        int | None, typer.Option(help="Models loaded at once (env: KRONK_MODELS_MAX; default: 3)")
     ] = None,
     ttl: Annotated[
         float | None,
         typer.Option(
-            help="Idle seconds before unloading a model; 0 at once, -1 never [env: KRONK_TTL; 300]"
+            help="Idle seconds before unloading a model; 0 at once, -1 never "
+            "(env: KRONK_TTL; default: 300)"
         ),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="CPU threads per model [env: KRONK_THREADS]")
+        int | None, typer.Option(help="CPU threads per model (env: KRONK_THREADS)")
     ] = None,
     max_queue: Annotated[
         int | None,
-        typer.Option(help="Requests that may wait for a slot, per model [env: KRONK_MAX_QUEUE]"),
+        typer.Option(
+            help="Requests that may wait for a slot, per model (env: KRONK_MAX_QUEUE; default: 64)"
+        ),
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="critical|error|warning|info|debug [env: KRONK_LOG_LEVEL]")
+        str | None,
+        typer.Option(
+            help="critical|error|warning|info|debug|trace (env: KRONK_LOG_LEVEL; default: info)"
+        ),
     ] = None,
     graceful_timeout: Annotated[
         float | None,
-        typer.Option(help="Seconds in-flight requests get to finish on stop [30]"),
+        typer.Option(
+            help="Seconds in-flight requests get to finish on stop "
+            "(env: KRONK_GRACEFUL_TIMEOUT; default: 30)"
+        ),
     ] = None,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Run in the background (see `kronk server logs`)")
@@ -335,15 +349,17 @@ def logs(
     if not log_file.exists():
         err_console.print(f"no log yet at {log_file}")
         raise typer.Exit(1)
-    for line in tail_lines(log_file, lines):
+    shown, end = _tail(log_file, lines)
+    for line in shown:
         typer.echo(line)
     if follow:
         with contextlib.suppress(KeyboardInterrupt):
-            _follow(log_file)
+            _follow(log_file, end)
 
 
-def _follow(path: Path) -> None:
-    position = path.stat().st_size
+def _follow(path: Path, position: int) -> None:
+    """Print what is appended to `path` after byte `position` (where the tail ended, so
+    no line written in between is lost), until interrupted."""
     while True:
         try:
             size = path.stat().st_size
@@ -371,13 +387,20 @@ def _settings_paths(home: Path | None) -> ServerSettings:
 
 def tail_lines(path: Path, count: int) -> list[str]:
     """The last `count` lines of a text file (all of them for 0)."""
+    return _tail(path, count)[0]
+
+
+def _tail(path: Path, count: int) -> tuple[list[str], int]:
+    """The last `count` lines of a text file (all for 0), and the byte offset they end at."""
     with path.open("rb") as f:
         if count > 0:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 256 * count - 4096))
-        text = f.read().decode("utf-8", errors="replace")
+        data = f.read()
+        end = f.tell()
+    text = data.decode("utf-8", errors="replace")
     kept: deque[str] = deque(text.splitlines(), maxlen=count or None)
-    return list(kept)
+    return list(kept), end
 
 
 def _address_file(settings: ServerSettings) -> Path:

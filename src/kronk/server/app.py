@@ -100,10 +100,13 @@ def create_app(
                 on_preload_failure(str(exc))
             return
         state.preload_done = True
+        log.info("%s is ready; the OpenAI API is at %s/v1", name, settings.base_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(preload(state.preload)) if state.preload else None
+        if task is None:
+            log.info("the OpenAI API is at %s/v1; models load on first use", settings.base_url)
         try:
             yield
         finally:

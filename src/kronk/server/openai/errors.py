@@ -38,6 +38,27 @@ _PROMPT_PARAM = {
 }
 
 
+# The SDK names the chat parameter at fault; the Responses API spells some differently.
+# Its `input` does not map onto messages one to one (instructions come first), so an
+# index into messages is left out rather than pointing at the wrong input item.
+_RESPONSES_PARAMS = {
+    "response_format": "text.format",
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+    "logprobs": "top_logprobs",
+}
+
+
+def _param(param: str | None, path: str) -> str | None:
+    """`param` as the endpoint at `path` calls it."""
+    if param is None or path != "/v1/responses":
+        return param
+    if param == "messages" or param.startswith(("messages[", "messages.")):
+        return "input"
+    head, dot, rest = param.partition(".")
+    return _RESPONSES_PARAMS.get(head, head) + dot + rest
+
+
 @dataclass(frozen=True)
 class APIError:
     status: int
@@ -74,15 +95,18 @@ def api_error(exc: KronkError, path: str = "") -> APIError:
     if isinstance(exc, EngineClosedError):
         return APIError(503, message, "service_unavailable_error", None, "model_unavailable")
     if isinstance(exc, GrammarError):
-        return APIError(400, message, "invalid_request_error", exc.param, "invalid_grammar")
+        param = _param(exc.param, path)
+        return APIError(400, message, "invalid_request_error", param, "invalid_grammar")
     if isinstance(exc, UnsupportedFeatureError):
-        return APIError(400, message, "invalid_request_error", exc.param, "unsupported")
+        param = _param(exc.param, path)
+        return APIError(400, message, "invalid_request_error", param, "unsupported")
     if isinstance(exc, InvalidRequestError):
-        return APIError(400, message, "invalid_request_error", exc.param)
+        return APIError(400, message, "invalid_request_error", _param(exc.param, path))
     if isinstance(exc, TemplateError):
         # Templates reject message sequences they can't render (e.g. roles that don't
         # alternate): that is the request's content, so 400.
-        return APIError(400, message, "invalid_request_error", "messages", "template_error")
+        param = _param("messages", path)
+        return APIError(400, message, "invalid_request_error", param, "template_error")
     if isinstance(exc, ConfigError):
         return APIError(500, message, "server_error", None, "config_error")
     return APIError(500, message, "server_error", None, type(exc).__name__)

@@ -13,9 +13,10 @@ and turn it into keyword arguments for `kronk.Kronk`.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kronk.errors import InvalidRequestError, UnsupportedFeatureError
 
@@ -57,7 +58,59 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class SamplingFields(RequestModel):
+# JSON nesting a request may have. Real ones stay far below (a deep tool schema is a
+# dozen levels); deeper input would only exhaust the recursion of the code that walks it
+# (template rendering, schema-to-grammar conversion).
+MAX_DEPTH = 64
+
+
+class RequestBody(RequestModel):
+    """A whole request body, checked as a whole before its fields are: its nesting is
+    bounded, and its text must be valid Unicode (JSON can spell a lone surrogate,
+    `"\\ud800"`, which Python decodes but UTF-8 cannot encode, so it would otherwise fail
+    deep inside tokenization)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _well_formed(cls, data: Any) -> Any:
+        check_body(data)
+        return data
+
+
+def check_body(body: Any) -> None:
+    """Raise InvalidRequestError naming the first place in `body` nested deeper than
+    MAX_DEPTH or holding text that is not valid Unicode. (Raised inside a validator, it
+    passes through pydantic as is: it is not a ValueError.)"""
+    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                code = ord(value[exc.start])
+                raise InvalidRequestError(
+                    f"{where or 'the request'} holds a lone surrogate (\\u{code:04x}); "
+                    "send valid Unicode text",
+                    where or None,
+                ) from None
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth >= MAX_DEPTH:
+            field = re.split(r"[.\[]", where, maxsplit=1)[0]
+            raise InvalidRequestError(f"{field} is nested more than {MAX_DEPTH} levels deep", field)
+        children: list[tuple[Any, str, int]] = []
+        if isinstance(value, dict):
+            for key, item in value.items():
+                children.append((key, where, depth))
+                children.append((item, f"{where}.{key}" if where else str(key), depth + 1))
+        else:
+            children.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+        stack.extend(reversed(children))  # popped in document order
+
+
+class SamplingFields(RequestBody):
     """What every generation endpoint takes. None means "the model's default"."""
 
     temperature: float | None = Field(None, ge=0)
@@ -119,6 +172,24 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class CalledFunction(BaseModel):
+    """The function of a call in an earlier assistant turn. `arguments` is JSON text as
+    OpenAI sends it; an object is taken too (the chat template wants one anyway)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    arguments: str | dict[str, Any]
+
+
+class MessageToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
     """A message in OpenAI's form. Extra keys (e.g. a template's own) pass through."""
 
@@ -127,7 +198,7 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
 
@@ -535,7 +606,7 @@ def _add_input_item(messages: list[dict[str, Any]], item: dict[str, Any], where:
 # -- embeddings ----------------------------------------------------------------------------
 
 
-class EmbeddingRequest(RequestModel):
+class EmbeddingRequest(RequestBody):
     model: str = Field(min_length=1)
     input: PromptParam
     encoding_format: Literal["float", "base64"] = "float"
@@ -551,7 +622,7 @@ class EmbeddingRequest(RequestModel):
 # -- tokens --------------------------------------------------------------------------------
 
 
-class TokenizeRequest(RequestModel):
+class TokenizeRequest(RequestBody):
     """llama-server's `content` or vLLM's `prompt`/`messages`: one of them."""
 
     model: str = Field(min_length=1)
@@ -574,7 +645,7 @@ class TokenizeRequest(RequestModel):
         return given[0] if given else None
 
 
-class DetokenizeRequest(RequestModel):
+class DetokenizeRequest(RequestBody):
     model: str = Field(min_length=1)
     tokens: TokenIds
 

@@ -226,7 +226,13 @@ def chunk_json(chunk: ChatCompletionChunk | Completion, include_usage: bool) -> 
         data["usage"] = None
     for choice in data["choices"]:
         if "delta" in choice:
-            choice["delta"] = _prune(choice["delta"])
+            choice["delta"] = delta = _prune(choice["delta"])
+            for call in delta.get("tool_calls", ()):
+                # A call's first delta (the one naming it) carries "arguments": "" in
+                # OpenAI's stream; accumulating clients start the string from it.
+                function = call.get("function")
+                if function is not None and "name" in function:
+                    function.setdefault("arguments", "")
     return data
 
 
@@ -822,8 +828,15 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
 
 @router.get("/api/ps")
 async def loaded_models(request: Request) -> dict[str, Any]:
-    """Loaded (and loading) models: slots in use, memory, last use, TTL expiry."""
-    return {"models": [{"name": m.id, **asdict(m)} for m in server_state(request).pool.loaded()]}
+    """Loaded (and loading) models: slots in use, memory, last use, TTL expiry, and live
+    stats (recent speeds, time to first token, prompt-cache hit ratio, KV cache use)."""
+    live = request.app.state.telemetry.live()
+    return {
+        "models": [
+            {"name": m.id, **asdict(m), **live.get(m.id, {})}
+            for m in server_state(request).pool.loaded()
+        ]
+    }
 
 
 @router.get("/health")
