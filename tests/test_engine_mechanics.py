@@ -6,6 +6,11 @@ lengths, errors, caching), never wording.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +26,21 @@ from kronk import (
     InvalidModelFileError,
     InvalidRequestError,
     Kronk,
+    KronkError,
     UnsupportedFeatureError,
 )
 from kronk.engine.request import Failed, Finished, GenerationRequest, TextDelta
-from kronk.llama import LlamaModel, SamplingParams, validate_gguf
+from kronk.errors import ModelLoadError
+from kronk.llama import (
+    Batch,
+    ContextParams,
+    LlamaContext,
+    LlamaModel,
+    ModelParams,
+    SamplingParams,
+    validate_gguf,
+)
+from support.tiny_gguf import GGUF_ARRAY, GGUFParts, gguf_str, gguf_string_array, gguf_u32
 
 
 @pytest.fixture
@@ -63,6 +79,119 @@ def test_a_missing_file_is_rejected(tmp_path: Path) -> None:
         Kronk(tmp_path / "nope.gguf")
 
 
+def _broken_models(src: Path, tmp_path: Path) -> dict[str, tuple[Path, str, str]]:
+    """Broken variants of `src`: name -> (path, error class, text the message must have).
+
+    Most would make llama.cpp abort the process (GGML_ASSERT, or arithmetic on a zero
+    alignment); kronk must refuse them first. The last few llama.cpp refuses itself, and
+    its reason must reach the message.
+    """
+    data = src.read_bytes()
+
+    def raw(name: str, blob: bytes) -> Path:
+        path = tmp_path / f"{name}.gguf"
+        path.write_bytes(blob)
+        return path
+
+    def edit(name: str, **kv: tuple[int, bytes]) -> Path:
+        parts = GGUFParts.read(src)
+        parts.kv.update(kv)
+        return parts.write(tmp_path / f"{name}.gguf")
+
+    parts = GGUFParts.read(src)
+    huge = GGUFParts.read(src)
+    huge.tensors[1].dims = [2**40, 2**40]
+    tokens = parts.strings("tokenizer.ggml.tokens")
+    nested = struct.pack("<IQ", 4, 0)
+    for _ in range(10_000):
+        nested = struct.pack("<IQ", GGUF_ARRAY, 1) + nested
+    (tmp_path / "a-directory.gguf").mkdir()
+    bad = "InvalidModelFileError"
+    return {
+        "zero bytes": (raw("empty", b""), bad, "not a GGUF file"),
+        "a directory": (tmp_path / "a-directory.gguf", bad, "not a file"),
+        "bad magic": (raw("magic", b"GGUX" + data[4:]), bad, "not a GGUF file"),
+        "truncated header": (raw("header", data[:200]), bad, "truncated"),
+        "truncated tensor data": (raw("data", data[:-1]), bad, "truncated"),
+        "absurd tensor count": (parts.write(tmp_path / "count.gguf", n_tensors=2**62), bad, ""),
+        "absurd tensor size": (huge.write(tmp_path / "size.gguf"), bad, "truncated"),
+        "alignment 0": (edit("align", **{"general.alignment": gguf_u32(0)}), bad, "alignment"),
+        "nested arrays": (edit("nested", **{"x.nested": (GGUF_ARRAY, nested)}), bad, "nested"),
+        "no layers": (edit("layers0", **{"llama.block_count": gguf_u32(0)}), bad, "block_count"),
+        "too many layers": (
+            edit("layers", **{"llama.block_count": gguf_u32(10**6)}),
+            bad,
+            "1..512",
+        ),
+        "too many experts": (
+            edit("experts", **{"llama.expert_count": gguf_u32(5000)}),
+            bad,
+            "expert",
+        ),
+        "bad rope scaling": (
+            edit("rope", **{"llama.rope.scaling.type": gguf_str("bogus")}),
+            bad,
+            "rope.scaling.type",
+        ),
+        "duplicate token": (
+            edit("dup", **{"tokenizer.ggml.tokens": gguf_string_array([tokens[0], *tokens[:-1]])}),
+            bad,
+            "twice",
+        ),
+        "no tokenizer": (
+            edit("novocab", **{"tokenizer.ggml.model": gguf_str("none")}),
+            "ModelLoadError",
+            "no tokenizer",
+        ),
+        "unknown architecture": (
+            edit("arch", **{"general.architecture": gguf_str("nonsense")}),
+            "ModelLoadError",
+            "unknown model architecture: 'nonsense'",
+        ),
+        "wrong tensor shape": (
+            edit("shape", **{"llama.attention.head_count_kv": gguf_u32(3)}),
+            "ModelLoadError",
+            "wrong shape",
+        ),
+    }
+
+
+# Loads each file named on the command line; one line per file: RESULT [error class, message]
+# (a crash's backtrace may land on stdout too).
+_LOAD_EACH = """
+import json, sys
+from kronk import Kronk
+for path in sys.argv[1:]:
+    try:
+        Kronk(path, n_ctx=64, n_seq_max=1).close()
+        print("RESULT", json.dumps(["loaded", ""]), flush=True)
+    except Exception as exc:
+        print("RESULT", json.dumps([type(exc).__name__, str(exc)]), flush=True)
+"""
+
+
+def test_broken_gguf_files_raise_clear_errors_and_never_crash(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    cases = _broken_models(tiny_llama_path, tmp_path)
+    # In a child process: a file that slipped through would abort it, not the test run.
+    paths = [str(path) for path, _, _ in cases.values()]
+    child = subprocess.run(
+        [sys.executable, "-c", _LOAD_EACH, *paths], capture_output=True, text=True, timeout=300
+    )
+    results = [
+        json.loads(line.removeprefix("RESULT "))
+        for line in child.stdout.splitlines()
+        if line.startswith("RESULT ")
+    ]
+    loaded = dict(zip(cases, results, strict=False))
+    assert child.returncode == 0, f"crashed after {list(loaded)}: {child.stderr[-2000:]}"
+    for name, (path, error, fragment) in cases.items():
+        kind, message = loaded[name]
+        assert kind == error, f"{name}: {kind}: {message}"
+        assert fragment in message and path.name in message, f"{name}: {message}"
+
+
 def test_model_metadata_and_vocab(tiny_llama_path: Path) -> None:
     model = LlamaModel.load(tiny_llama_path)
     try:
@@ -75,6 +204,79 @@ def test_model_metadata_and_vocab(tiny_llama_path: Path) -> None:
         with pytest.raises(ValueError, match="out of range"):
             model.vocab.detokenize([model.vocab.n_tokens])
     finally:
+        model.close()
+
+
+def test_context_parameters_reach_llama_cpp(tiny_llama_path: Path) -> None:
+    model = LlamaModel.load(tiny_llama_path, ModelParams(n_gpu_layers=0, use_mmap=False))
+    try:
+        params = ContextParams(
+            n_ctx=1024,
+            n_batch=64,
+            n_ubatch=32,
+            n_seq_max=2,
+            n_threads=1,
+            n_threads_batch=2,
+            type_k="f32",
+            type_v="bf16",
+            flash_attn="on",
+        )
+        ctx = LlamaContext(model, params)
+        batch = Batch(ctx.n_batch, 1)
+        try:
+            assert (ctx.n_ctx, ctx.n_ctx_seq, ctx.n_seq_max) == (1024, 512, 2)
+            assert (ctx.n_batch, ctx.n_ubatch) == (64, 32)
+            assert (ctx.n_threads, ctx.n_threads_batch) == (1, 2)
+            batch.add_sequence(model.vocab.tokenize("hello world"), 0, 0, output_last=True)
+            ctx.decode(batch)
+        finally:
+            batch.close()
+            ctx.close()
+        # The tiny model's 16-wide heads cannot hold q8_0's 32-element blocks: llama.cpp
+        # refuses, and its reason is in the error.
+        with pytest.raises(ModelLoadError, match="q8_0 with block size 32 does not divide"):
+            LlamaContext(model, dataclasses.replace(params, type_k="q8_0"))
+        with pytest.raises(InvalidRequestError) as exc:
+            LlamaContext(model, dataclasses.replace(params, type_k="q3_k"))
+        assert exc.value.param == "type_k"
+    finally:
+        model.close()
+
+
+def test_a_batch_feeds_several_sequences_and_memory_ops_edit_them(tiny_llama_path: Path) -> None:
+    model = LlamaModel.load(tiny_llama_path)
+    # A token in two sequences at once needs the sequences to share one KV stream.
+    unified = ContextParams(n_ctx=256, n_batch=64, n_seq_max=2, n_threads=1, kv_unified=True)
+    ctx = LlamaContext(model, unified)
+    batch = Batch(64, n_seq_max=2)
+    try:
+        tokens = model.vocab.tokenize("hello world, the end")
+        batch.add(tokens[0], 0, [0, 1], False)  # a shared first token, in both sequences
+        last = batch.add_sequence(tokens[1:], 1, 0, output_last=True)
+        ctx.decode(batch)
+        assert np.isfinite(ctx.logits(last)).all()
+        assert (ctx.seq_pos_max(0), ctx.seq_pos_max(1)) == (len(tokens) - 1, 0)
+        ctx.seq_copy(0, 1)
+        assert ctx.seq_pos_max(1) == len(tokens) - 1
+        assert ctx.seq_remove(1, 2, -1)
+        assert (ctx.seq_pos_min(1), ctx.seq_pos_max(1)) == (0, 1)
+        ctx.seq_keep(1)
+        assert (ctx.seq_pos_max(0), ctx.seq_pos_max(1)) == (-1, 1)
+        ctx.clear_memory()
+        assert ctx.seq_pos_max(1) == -1
+    finally:
+        batch.close()
+        ctx.close()
+    # With a KV stream per sequence llama.cpp finds no room for such a batch, and says why.
+    split = LlamaContext(model, dataclasses.replace(unified, kv_unified=False))
+    batch = Batch(64, n_seq_max=2)
+    try:
+        batch.add(tokens[0], 0, [0, 1], True)
+        with pytest.raises(ContextFullError, match="coupled sequences"):
+            split.decode(batch)
+    finally:
+        batch.close()
+        split.close()
         model.close()
 
 
@@ -186,6 +388,27 @@ def test_every_sampler_parameter_is_accepted(tiny: Kronk) -> None:
     assert resp.usage is not None and resp.usage.completion_tokens == 4
 
 
+@pytest.mark.parametrize(
+    "penalty",
+    [
+        {"dry_multiplier": 2.0},  # default window -1: the whole context
+        {"dry_multiplier": 2.0, "dry_penalty_last_n": 64},
+        {"repeat_penalty": 1.5, "repeat_last_n": -1},
+        {"presence_penalty": 2.0},
+        {"frequency_penalty": 2.0},
+    ],
+)
+def test_each_repetition_penalty_changes_a_repetitive_answer(
+    tiny: Kronk, penalty: dict[str, object]
+) -> None:
+    params = {"max_tokens": 16, "temperature": 0, "ignore_eos": True}
+    plain = tiny.complete("hello world", logprobs=0, **params).choices[0]
+    assert plain.logprobs is not None
+    tokens = plain.logprobs.tokens
+    assert len(set(tokens)) <= len(tokens) // 2  # random weights loop: something to penalise
+    assert tiny.complete("hello world", **params, **penalty).choices[0].text != plain.text
+
+
 def test_logit_bias_forces_a_token(tiny: Kronk) -> None:
     target = tiny.tokenize("x")[0]
     resp = tiny.complete(
@@ -197,6 +420,48 @@ def test_logit_bias_forces_a_token(tiny: Kronk) -> None:
 def test_a_grammar_constrains_the_output(tiny: Kronk) -> None:
     resp = tiny.complete("x", grammar='root ::= "yes" | "no"', max_tokens=10, temperature=0)
     assert resp.choices[0].text in ("yes", "no")
+
+
+def test_seeded_sampling_with_a_grammar_is_reproducible(tiny: Kronk) -> None:
+    params = {"temperature": 1.0, "top_k": 0, "seed": 99, "max_tokens": 10}
+    grammar = 'root ::= ("yes" | "no" | " ")+'
+    a = tiny.complete("x", grammar=grammar, ignore_eos=True, **params).choices[0].text
+    b = tiny.complete("x", grammar=grammar, ignore_eos=True, **params).choices[0].text
+    assert a == b and set(a.replace("yes", "").replace("no", "")) <= {" "}
+
+
+@pytest.mark.parametrize("grammar", ["root ::= [z-a]", 'root ::= "he" [z-a]', "root ::= [\\x00]"])
+def test_a_grammar_with_no_way_forward_fails_the_request_not_the_process(
+    tiny: Kronk, grammar: str
+) -> None:
+    # llama.cpp would accept a token the grammar forbids and abort on it.
+    with pytest.raises(KronkError, match="grammar allows no token"):
+        tiny.complete("x", grammar=grammar, max_tokens=5, temperature=0)
+    assert tiny.complete("x", max_tokens=2).choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_character_split_over_tokens_is_never_streamed_broken(tiny: Kronk) -> None:
+    # The tiny vocab has no CJK tokens: the grammar makes the model spell these characters
+    # byte by byte, so most tokens end inside a character.
+    text = "日本 ✓ naïve"
+    stream = tiny.complete_stream("x", grammar=f'root ::= "{text}"', max_tokens=40, temperature=0)
+    chunks = [c.choices[0].text for c in stream]
+    final = chunks.pop()  # the finish chunk
+    assert final == "" and "".join(chunks) == text
+    assert all("\ufffd" not in chunk for chunk in chunks)
+    assert stream.turn.result().usage is not None
+    assert len(chunks) < stream.turn.result().usage.completion_tokens  # some were held back
+
+
+def test_a_stop_string_spanning_tokens_is_never_half_streamed(tiny: Kronk) -> None:
+    text = "Hello world, the end"
+    assert len(tiny.tokenize(" world,")) == 2  # the stop string spans two tokens
+    stream = tiny.complete_stream(
+        "x", grammar=f'root ::= "{text}"', stop=[" world,"], max_tokens=40, temperature=0
+    )
+    # Streamed text is final: had " w" gone out before the stop matched, it would be here.
+    assert "".join(c.choices[0].text for c in stream) == "Hello"
+    assert stream.turn.result().choices[0].finish_reason == "stop"
 
 
 def test_chat_stream_with_random_weights_is_well_formed(tiny: Kronk) -> None:
@@ -227,6 +492,7 @@ def test_fim_without_fim_tokens_is_a_clear_error(tmp_path: Path) -> None:
         ({"temperature": -1}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"top_k": -1}, "top_k"),
+        ({"top_k": 2**32}, "top_k"),  # would wrap to 0 (off) as llama.cpp's int32
         ({"seed": -1}, "seed"),
         ({"logit_bias": {"not-a-token": 1}}, "logit_bias"),
         ({"logit_bias": {"99999999": 1}}, "logit_bias"),
@@ -264,6 +530,29 @@ def test_token_ids_outside_the_vocabulary_are_refused(tiny: Kronk) -> None:
         tiny.complete([1, 2, 10**9])
     with pytest.raises(InvalidRequestError):
         tiny.detokenize([-1])
+
+
+def test_a_closed_kronk_refuses_calls_instead_of_touching_freed_memory(
+    tiny_llama_path: Path,
+) -> None:
+    k = Kronk(tiny_llama_path, n_ctx=64, n_seq_max=1, n_threads=2)
+    k.close()
+    k.close()  # idempotent
+    calls = {
+        "chat": lambda: k.chat(ask("hi")),
+        "chat_stream": lambda: k.chat_stream(ask("hi")),
+        "complete": lambda: k.complete("hi"),
+        "render_chat": lambda: k.render_chat(ask("hi")),
+        "tokenize": lambda: k.tokenize("hello"),
+        "detokenize": lambda: k.detokenize([1, 2]),
+        "embed": lambda: k.embed("hi"),
+        "model_info": lambda: k.model_info(),
+    }
+    for name, call in calls.items():
+        with pytest.raises(EngineClosedError):
+            call()
+            pytest.fail(f"{name} worked on a closed model")
+    assert k.stats().slots_busy == 0  # stats stay readable (telemetry polls them)
 
 
 def test_engine_errors_reach_the_event_sink_and_close_fails_queued_work(

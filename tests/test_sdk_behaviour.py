@@ -148,6 +148,19 @@ def test_json_schema_response_format_yields_valid_json(qwen: Kronk) -> None:
     jsonschema.validate(data, schema)
 
 
+def test_a_grammar_that_allows_the_answer_leaves_it_unchanged(qwen: Kronk) -> None:
+    # Grammar requests are sampled on their own path (the grammar vets the chain's pick and
+    # only refuses force a resample); an answer the grammar allows must come out as is.
+    messages = ask("Name three colours.")
+    free = qwen.chat(messages, max_tokens=24, **GREEDY).choices[0]
+    text = free.message.content or ""
+    assert text
+    literal = json.dumps(text, ensure_ascii=False)  # JSON string syntax is GBNF's too
+    constrained = qwen.chat(messages, grammar=f"root ::= {literal}", max_tokens=30, **GREEDY)
+    assert constrained.choices[0].message.content == text
+    assert constrained.choices[0].finish_reason == "stop"  # where the grammar ends, EOS
+
+
 def test_logprobs_are_log_probabilities_with_the_chosen_token_on_top(qwen: Kronk) -> None:
     resp = qwen.chat(ask("Say hi."), logprobs=True, top_logprobs=3, max_tokens=8, **GREEDY)
     content = resp.choices[0].logprobs and resp.choices[0].logprobs.content

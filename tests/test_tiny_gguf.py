@@ -30,6 +30,8 @@ from support.tiny_gguf import (
     IM_START,
     LLAMA_N_EMBD,
     TOOL_CALL_OPEN,
+    GGUFParts,
+    gguf_u32,
     write_not_gguf,
     write_tiny_bert,
     write_tiny_llama,
@@ -243,3 +245,19 @@ def test_gguf_reader_rejects_non_gguf(tmp_path: Path) -> None:
 def test_truncated_copy_rejects_nonsense_fraction(tiny_llama_path: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         write_truncated_copy(tiny_llama_path, tmp_path / "x.gguf", 1.0)
+
+
+def test_gguf_parts_round_trip_and_edit_one_field(
+    tiny_llama_path: Path, tiny_bert_path: Path, tmp_path: Path
+) -> None:
+    for src in (tiny_llama_path, tiny_bert_path):
+        parts = GGUFParts.read(src)
+        assert parts.write(tmp_path / src.name).read_bytes() == src.read_bytes()
+    parts = GGUFParts.read(tiny_llama_path)
+    assert len(parts.strings("tokenizer.ggml.tokens")) == len(
+        GGUFReader(tiny_llama_path).fields["tokenizer.ggml.tokens"].data
+    )
+    parts.kv["llama.context_length"] = gguf_u32(77)
+    edited = GGUFReader(parts.write(tmp_path / "edited.gguf"))
+    assert edited.fields["llama.context_length"].contents() == 77
+    assert [t.name for t in edited.tensors] == [t.name for t in GGUFReader(tiny_llama_path).tensors]

@@ -15,9 +15,12 @@ import asyncio
 import dataclasses
 import logging
 import queue
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
 
@@ -48,7 +51,7 @@ from kronk.engine.request import (
     TokenLogprob,
     Usage,
 )
-from kronk.errors import InvalidRequestError, UnsupportedFeatureError
+from kronk.errors import EngineClosedError, InvalidRequestError, UnsupportedFeatureError
 from kronk.llama import (
     JSON_OBJECT_SCHEMA,
     LlamaModel,
@@ -58,7 +61,7 @@ from kronk.llama import (
 )
 from kronk.llama.model import LoadProgress
 from kronk.options import ChatOptions, CompletionOptions, parse_options
-from kronk.telemetry.tracing import span
+from kronk.telemetry.tracing import current_span, record_engine_phases, record_span, span
 from kronk.types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -168,6 +171,8 @@ class Kronk:
                     max_queue=max_queue,
                 ),
             )
+            # Each request's engine phases become spans under the span it was made in.
+            engine.add_listener(partial(record_engine_phases, self.model_id))
             self._template = self._load_template(chat_template)
             self.tool_format = detect_tool_format(
                 self._template.source if self._template is not None else None,
@@ -180,6 +185,24 @@ class Kronk:
             self.model.close()
             raise
         self._closed = False
+        # Calls that use the model (its vocab, metadata) hold it open: close() waits for
+        # them, and after close() they raise instead of touching freed llama.cpp memory.
+        self._users = 0
+        self._lifecycle = threading.Condition()
+
+    @contextmanager
+    def _open(self) -> Iterator[None]:
+        with self._lifecycle:
+            if self._closed:
+                raise EngineClosedError(f"{self.model_id} was closed")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lifecycle:
+                self._users -= 1
+                if self._users == 0:
+                    self._lifecycle.notify_all()
 
     def _single_token_markers(self) -> frozenset[int]:
         """The ids of output markers that this vocabulary has as one special token."""
@@ -208,11 +231,17 @@ class Kronk:
     # -- lifecycle -------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the engine (running requests end as cancelled) and free the model."""
-        if not self._closed:
+        """Stop the engine (running requests end as cancelled) and free the model.
+
+        Idempotent. Calls made afterwards raise `EngineClosedError`."""
+        with self._lifecycle:
+            if self._closed:
+                return
             self._closed = True
-            self.engine.close()
-            self.model.close()
+            while self._users:  # e.g. a prompt being tokenized on another thread
+                self._lifecycle.wait()
+        self.engine.close()
+        self.model.close()
 
     def __enter__(self) -> Kronk:
         return self
@@ -262,10 +291,11 @@ class Kronk:
         Tool calls stream as OpenAI's do: `delta.tool_calls` with a call's index, id and name
         first, then fragments of its arguments.
         """
-        request, turn = self._chat_request(
-            messages, tools, tool_choice, parallel_tool_calls, params
-        )
-        return ChatStream(self.engine, request, turn)
+        with self._open():
+            request, turn = self._chat_request(
+                messages, tools, tool_choice, parallel_tool_calls, params
+            )
+            return ChatStream(self.engine, request, turn)
 
     async def achat(
         self,
@@ -297,10 +327,11 @@ class Kronk:
         parallel_tool_calls: bool = True,
         **params: Any,
     ) -> AsyncChatStream:
-        request, turn = self._chat_request(
-            messages, tools, tool_choice, parallel_tool_calls, params
-        )
-        return AsyncChatStream(self.engine, request, turn)
+        with self._open():
+            request, turn = self._chat_request(
+                messages, tools, tool_choice, parallel_tool_calls, params
+            )
+            return AsyncChatStream(self.engine, request, turn)
 
     def render_chat(
         self,
@@ -310,7 +341,8 @@ class Kronk:
         **template_kwargs: Any,
     ) -> str:
         """The prompt text the model's chat template makes of `messages`."""
-        return self._render(messages, tools, validate_tools(tools), template_kwargs)
+        with self._open():
+            return self._render(messages, tools, validate_tools(tools), template_kwargs)
 
     def _render(
         self,
@@ -441,8 +473,9 @@ class Kronk:
     def complete_stream(
         self, prompt: str | Sequence[int], *, suffix: str | None = None, **params: Any
     ) -> CompletionStream:
-        request, turn = self._completion_request(prompt, suffix, params)
-        return CompletionStream(self.engine, request, turn)
+        with self._open():
+            request, turn = self._completion_request(prompt, suffix, params)
+            return CompletionStream(self.engine, request, turn)
 
     async def acomplete(
         self, prompt: str | Sequence[int], *, suffix: str | None = None, **params: Any
@@ -456,8 +489,9 @@ class Kronk:
     def acomplete_stream(
         self, prompt: str | Sequence[int], *, suffix: str | None = None, **params: Any
     ) -> AsyncCompletionStream:
-        request, turn = self._completion_request(prompt, suffix, params)
-        return AsyncCompletionStream(self.engine, request, turn)
+        with self._open():
+            request, turn = self._completion_request(prompt, suffix, params)
+            return AsyncCompletionStream(self.engine, request, turn)
 
     def _completion_request(
         self, prompt: str | Sequence[int], suffix: str | None, params: Mapping[str, Any]
@@ -509,16 +543,17 @@ class Kronk:
     def embed(self, inputs: EmbeddingInput, *, normalize: bool = True) -> CreateEmbeddingResponse:
         """Embed one text or many (batched together). Vectors are L2-normalised unless
         `normalize=False`."""
-        token_lists = self._embedding_tokens(inputs)
-        vectors = self.engine.embed(token_lists, normalize=normalize)
+        with self._open():
+            token_lists = self._embedding_tokens(inputs)
+            vectors = self.engine.embed(token_lists, normalize=normalize)
         return self._embedding_response(token_lists, vectors)
 
     async def aembed(
         self, inputs: EmbeddingInput, *, normalize: bool = True
     ) -> CreateEmbeddingResponse:
-        token_lists = self._embedding_tokens(inputs)
-        vectors = await asyncio.to_thread(self.engine.embed, token_lists, normalize=normalize)
-        return self._embedding_response(token_lists, vectors)
+        # All of it in a worker thread: tokenizing long inputs would stall the event loop,
+        # and a close() on the loop's thread must not wait for a coroutine it blocks.
+        return await asyncio.to_thread(self.embed, inputs, normalize=normalize)
 
     def _embedding_tokens(self, inputs: EmbeddingInput) -> list[list[int]]:
         if isinstance(inputs, str):
@@ -556,13 +591,21 @@ class Kronk:
     def tokenize(
         self, text: str, *, add_special: bool = False, parse_special: bool = False
     ) -> list[int]:
-        return self.model.vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
+        if not isinstance(text, str):
+            raise InvalidRequestError("text must be a string", "text")
+        with self._open():
+            return self.model.vocab.tokenize(
+                text, add_special=add_special, parse_special=parse_special
+            )
 
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
-        try:
-            return self.model.vocab.detokenize(list(tokens), special=special)
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc), "tokens") from None
+        if isinstance(tokens, str) or not all(isinstance(t, int) for t in tokens):
+            raise InvalidRequestError("tokens must be a list of token ids", "tokens")
+        with self._open():
+            try:
+                return self.model.vocab.detokenize(list(tokens), special=special)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc), "tokens") from None
 
     def _tokenize_prompt(self, text: str) -> list[int]:
         vocab = self.model.vocab
@@ -575,6 +618,10 @@ class Kronk:
         return self.engine.stats()
 
     def model_info(self) -> ModelInfo:
+        with self._open():
+            return self._model_info()
+
+    def _model_info(self) -> ModelInfo:
         m = self.model
         caps: list[str] = []
         if self.engine.embedding_only:
@@ -661,6 +708,9 @@ class _ChatTurn:
         self._logprobs: list[ChatCompletionTokenLogprob] = []
         self._finished: Finished | None = None
         self._stopped_early = False
+        # The caller's span (tracing on): parsing time is summed and recorded under it.
+        self._span = current_span()
+        self._parse_seconds = 0.0
 
     @property
     def wants_stop(self) -> bool:
@@ -671,6 +721,19 @@ class _ChatTurn:
         return [self._chunk(ChoiceDelta(role="assistant", content=""))]
 
     def on_event(self, event: Event) -> list[ChatCompletionChunk]:
+        if self._span is None:  # not traced: no timing
+            return self._on_event(event)
+        start = time.perf_counter()
+        chunks = self._on_event(event)
+        self._parse_seconds += time.perf_counter() - start
+        if isinstance(event, Finished):
+            calls = len(self._tools.tool_calls) if self._tools is not None else 0
+            record_span(
+                self._span, "kronk.parse", self._parse_seconds, model=self.model, tool_calls=calls
+            )
+        return chunks
+
+    def _on_event(self, event: Event) -> list[ChatCompletionChunk]:
         if isinstance(event, Failed):
             raise event.error
         if isinstance(event, TextDelta):

@@ -13,6 +13,8 @@ array of shape (rows, cols) is a GGUF tensor of shape {cols, rows}.
 from __future__ import annotations
 
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +260,126 @@ def write_not_gguf(path: Path) -> Path:
     path = Path(path)
     path.write_bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>\n" * 16)
     return path
+
+
+# -- corrupting GGUF files field by field ----------------------------------------------------
+#
+# GGUFWriter refuses to write most broken files (an alignment of 0, a duplicate token), and
+# those are exactly what the validation tests need: `GGUFParts` splits a file into its raw
+# fields so that a test can change one and write the rest back unchanged.
+
+_GGUF_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+GGUF_UINT32, GGUF_STRING, GGUF_ARRAY = 4, 8, 9
+
+
+@dataclass
+class GGUFTensorInfo:
+    name: bytes
+    dims: list[int]
+    ggml_type: int
+    offset: int
+
+
+@dataclass
+class GGUFParts:
+    """A GGUF file as raw parts: metadata values stay encoded (type id + value bytes)."""
+
+    version: int
+    kv: dict[str, tuple[int, bytes]]
+    tensors: list[GGUFTensorInfo]
+    data: bytes  # everything after the header padding
+    alignment: int = 32
+
+    @classmethod
+    def read(cls, path: Path) -> GGUFParts:
+        raw = Path(path).read_bytes()
+        pos = 4
+
+        def unpack(fmt: str) -> int:
+            nonlocal pos
+            (value,) = struct.unpack_from(fmt, raw, pos)
+            pos += struct.calcsize(fmt)
+            return int(value)
+
+        def skip(value_type: int) -> None:
+            nonlocal pos
+            if value_type in _GGUF_FIXED:
+                pos += _GGUF_FIXED[value_type]
+            elif value_type == GGUF_STRING:
+                length = unpack("<Q")  # before `pos +=`, which would read pos first
+                pos += length
+            else:
+                item_type, count = unpack("<I"), unpack("<Q")
+                for _ in range(count):
+                    skip(item_type)
+
+        version, n_tensors, n_kv = unpack("<I"), unpack("<Q"), unpack("<Q")
+        kv: dict[str, tuple[int, bytes]] = {}
+        for _ in range(n_kv):
+            length = unpack("<Q")
+            key = raw[pos : pos + length].decode()
+            pos += length
+            value_type = unpack("<I")
+            start = pos
+            skip(value_type)
+            kv[key] = (value_type, raw[start:pos])
+        tensors = []
+        for _ in range(n_tensors):
+            length = unpack("<Q")
+            name = raw[pos : pos + length]
+            pos += length
+            dims = [unpack("<Q") for _ in range(unpack("<I"))]
+            tensors.append(GGUFTensorInfo(name, dims, unpack("<I"), unpack("<Q")))
+        alignment = 32
+        data_start = (pos + alignment - 1) // alignment * alignment
+        return cls(version, kv, tensors, raw[data_start:], alignment)
+
+    def write(self, path: Path, *, n_tensors: int | None = None) -> Path:
+        """Write the parts back; `n_tensors` overrides the count the header claims."""
+        out = bytearray(b"GGUF" + struct.pack("<I", self.version))
+        count = len(self.tensors) if n_tensors is None else n_tensors
+        out += struct.pack("<QQ", count, len(self.kv))
+        for key, (value_type, value) in self.kv.items():
+            out += gguf_string(key) + struct.pack("<I", value_type) + value
+        for t in self.tensors:
+            out += struct.pack("<Q", len(t.name)) + t.name + struct.pack("<I", len(t.dims))
+            out += b"".join(struct.pack("<Q", d) for d in t.dims)
+            out += struct.pack("<IQ", t.ggml_type, t.offset)
+        out += b"\0" * (-len(out) % self.alignment)
+        path = Path(path)
+        path.write_bytes(bytes(out) + self.data)
+        return path
+
+    def strings(self, key: str) -> list[bytes]:
+        """The items of a string-array value (e.g. the token list)."""
+        value_type, raw = self.kv[key]
+        item_type, count = struct.unpack_from("<IQ", raw)
+        assert value_type == GGUF_ARRAY and item_type == GGUF_STRING
+        items, pos = [], 12
+        for _ in range(count):
+            (length,) = struct.unpack_from("<Q", raw, pos)
+            items.append(raw[pos + 8 : pos + 8 + length])
+            pos += 8 + length
+        return items
+
+
+def gguf_string(text: str | bytes) -> bytes:
+    """A GGUF string's encoding (length-prefixed); also a string value's bytes."""
+    data = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(data)) + data
+
+
+def gguf_u32(value: int) -> tuple[int, bytes]:
+    return GGUF_UINT32, struct.pack("<I", value)
+
+
+def gguf_str(text: str) -> tuple[int, bytes]:
+    return GGUF_STRING, gguf_string(text)
+
+
+def gguf_string_array(items: list[bytes]) -> tuple[int, bytes]:
+    encoded = b"".join(gguf_string(item) for item in items)
+    return GGUF_ARRAY, struct.pack("<IQ", GGUF_STRING, len(items)) + encoded
 
 
 def _write(writer: GGUFWriter, path: Path) -> Path:

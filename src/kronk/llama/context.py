@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kronk.errors import ContextFullError, DecodeError, InvalidRequestError, ModelLoadError
-from kronk.llama._lib import lib
+from kronk.llama._lib import lib, llama_errors
 from kronk.llama.batch import Batch
 from kronk.llama.model import LlamaModel
 
@@ -115,11 +115,14 @@ class LlamaContext:
         cp.kv_unified = params.kv_unified
         cp.swa_full = params.swa_full
         cp.no_perf = True
-        self._ptr: Any = lib.llama_init_from_model(model.ptr, cp)
+        with llama_errors() as reasons:
+            self._ptr: Any = lib.llama_init_from_model(model.ptr, cp)
         if not self._ptr:
             quantized_v = params.type_v not in ("f16", "f32", "bf16")
             hint = (
-                " (a quantized V cache needs flash attention: set flash_attn='on' or 'auto')"
+                f" ({reasons[0]})"  # llama.cpp's own reason, when it gave one
+                if reasons
+                else " (a quantized V cache needs flash attention: set flash_attn='on' or 'auto')"
                 if quantized_v and params.flash_attn == "off"
                 else ""
             )
@@ -131,10 +134,18 @@ class LlamaContext:
         self.n_ctx = int(lib.llama_n_ctx(self._ptr))
         self.n_ctx_seq = int(lib.llama_n_ctx_seq(self._ptr))
         self.n_batch = int(lib.llama_n_batch(self._ptr))
+        self.n_ubatch = int(lib.llama_n_ubatch(self._ptr))
+        self.n_threads = int(lib.llama_n_threads(self._ptr))
+        self.n_threads_batch = int(lib.llama_n_threads_batch(self._ptr))
         self.n_seq_max = int(lib.llama_n_seq_max(self._ptr))
         self.n_vocab = model.vocab.n_tokens
         self.n_embd = model.n_embd
         self.pooling_type = int(lib.llama_pooling_type(self._ptr))
+        # Computed once: stats read it often, and must still work once the model is freed.
+        k, v = model.kv_elements_per_token()
+        self._kv_bytes_per_token = (
+            k * KV_TYPE_BYTES[params.type_k] + v * KV_TYPE_BYTES[params.type_v]
+        )
         self._closed = False
 
     @property
@@ -144,8 +155,7 @@ class LlamaContext:
     @property
     def kv_bytes_per_token(self) -> float:
         """KV cache bytes one token of one sequence takes (all layers, K and V)."""
-        k, v = self.model.kv_elements_per_token()
-        return k * KV_TYPE_BYTES[self.params.type_k] + v * KV_TYPE_BYTES[self.params.type_v]
+        return self._kv_bytes_per_token
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -161,18 +171,21 @@ class LlamaContext:
 
     def decode(self, batch: Batch) -> None:
         """Run the model on `batch`. Raises ContextFullError when the KV cache has no room."""
-        ret = int(lib.llama_decode(self._ptr, batch.raw))
+        with llama_errors() as reasons:
+            ret = int(lib.llama_decode(self._ptr, batch.raw))
         if ret == 0:
             return
-        if ret == 1:
+        # llama.cpp logs why when it can (e.g. a batch its KV layout cannot split).
+        why = f" ({reasons[0]})" if reasons else ""
+        if ret == 1:  # no KV cells for the batch
             raise ContextFullError(
-                f"context of {self.n_ctx_seq} tokens per sequence is full",
+                f"context of {self.n_ctx_seq} tokens per sequence is full{why}",
                 batch.n_tokens,
                 self.n_ctx_seq,
             )
         if ret == 2:
             raise DecodeError("decode was aborted")
-        raise DecodeError(f"llama_decode failed with code {ret}")
+        raise DecodeError(f"llama_decode failed with code {ret}{why}")
 
     def logits(self, index: int) -> npt.NDArray[np.float32]:
         """Logits of the batch token at `index` (a view, valid until the next decode)."""

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kronk.errors import ModelLoadError
-from kronk.llama._lib import ensure_backend, lib
+from kronk.errors import EngineClosedError, ModelLoadError
+from kronk.llama._lib import ensure_backend, lib, llama_errors
 from kronk.llama.gguf_check import validate_gguf
 from kronk.llama.vocab import Vocab
 
@@ -68,18 +68,22 @@ class LlamaModel:
 
             callback = lib.llama_progress_callback(_on_progress)
             mparams.progress_callback = callback
-        ptr = lib.llama_model_load_from_file(str(path).encode("utf-8"), mparams)
+        with llama_errors() as reasons:
+            ptr = lib.llama_model_load_from_file(str(path).encode("utf-8"), mparams)
         if not ptr:
-            raise ModelLoadError(
-                f"llama.cpp could not load {path}: unsupported architecture or corrupt file "
-                "(enable logging for 'kronk.llama' to see llama.cpp's reason)"
-            )
+            reason = reasons[0] if reasons else "unsupported architecture or corrupt file"
+            raise ModelLoadError(f"llama.cpp could not load {path}: {reason}")
+        if lib.llama_vocab_type(lib.llama_model_get_vocab(ptr)) == lib.LLAMA_VOCAB_TYPE_NONE:
+            # llama.cpp loads such a file but aborts on the first tokenize.
+            lib.llama_model_free(ptr)
+            raise ModelLoadError(f"{path} has no tokenizer (vocabulary); kronk needs one")
         return cls(ptr, path)
 
     @property
     def ptr(self) -> Any:
+        """`llama_model *`; raises once the model is closed (never a dangling pointer)."""
         if self._closed:
-            raise ModelLoadError("model is closed")
+            raise EngineClosedError(f"model {self.path.name} was closed")
         return self._ptr
 
     def close(self) -> None:
@@ -93,19 +97,19 @@ class LlamaModel:
     def meta(self, key: str) -> str | None:
         """One GGUF metadata value as a string (arrays are summarised by llama.cpp)."""
         buf = ctypes.create_string_buffer(4096)
-        n = lib.llama_model_meta_val_str(self._ptr, key.encode("utf-8"), buf, len(buf))
+        n = lib.llama_model_meta_val_str(self.ptr, key.encode("utf-8"), buf, len(buf))
         if n < 0:
             return None
         if n >= len(buf):
             buf = ctypes.create_string_buffer(n + 1)
-            lib.llama_model_meta_val_str(self._ptr, key.encode("utf-8"), buf, len(buf))
+            lib.llama_model_meta_val_str(self.ptr, key.encode("utf-8"), buf, len(buf))
         return buf.value.decode("utf-8", errors="replace")
 
     def metadata(self) -> dict[str, str]:
         out: dict[str, str] = {}
         buf = ctypes.create_string_buffer(512)
-        for i in range(int(lib.llama_model_meta_count(self._ptr))):
-            n = lib.llama_model_meta_key_by_index(self._ptr, i, buf, len(buf))
+        for i in range(int(lib.llama_model_meta_count(self.ptr))):
+            n = lib.llama_model_meta_key_by_index(self.ptr, i, buf, len(buf))
             if n < 0:
                 continue
             key = buf.value.decode("utf-8", errors="replace")
@@ -125,34 +129,34 @@ class LlamaModel:
     @property
     def chat_template(self) -> str | None:
         """The model's own Jinja chat template (full text), if it has one."""
-        ptr = lib.llama_model_chat_template(self._ptr, None)
+        ptr = lib.llama_model_chat_template(self.ptr, None)
         return ptr.decode("utf-8", errors="replace") if ptr else None
 
     @property
     def description(self) -> str:
         buf = ctypes.create_string_buffer(256)
-        lib.llama_model_desc(self._ptr, buf, len(buf))
+        lib.llama_model_desc(self.ptr, buf, len(buf))
         return buf.value.decode("utf-8", errors="replace")
 
     @property
     def n_ctx_train(self) -> int:
-        return int(lib.llama_model_n_ctx_train(self._ptr))
+        return int(lib.llama_model_n_ctx_train(self.ptr))
 
     @property
     def n_embd(self) -> int:
-        return int(lib.llama_model_n_embd(self._ptr))
+        return int(lib.llama_model_n_embd(self.ptr))
 
     @property
     def n_layer(self) -> int:
-        return int(lib.llama_model_n_layer(self._ptr))
+        return int(lib.llama_model_n_layer(self.ptr))
 
     @property
     def n_head(self) -> int:
-        return int(lib.llama_model_n_head(self._ptr))
+        return int(lib.llama_model_n_head(self.ptr))
 
     @property
     def n_head_kv(self) -> int:
-        return int(lib.llama_model_n_head_kv(self._ptr))
+        return int(lib.llama_model_n_head_kv(self.ptr))
 
     def kv_elements_per_token(self) -> tuple[int, int]:
         """K and V cache elements one token takes across all layers."""
@@ -168,23 +172,23 @@ class LlamaModel:
     @property
     def n_swa(self) -> int:
         """Sliding-window size; 0 when the model attends to the whole context."""
-        return int(lib.llama_model_n_swa(self._ptr))
+        return int(lib.llama_model_n_swa(self.ptr))
 
     @property
     def n_params(self) -> int:
-        return int(lib.llama_model_n_params(self._ptr))
+        return int(lib.llama_model_n_params(self.ptr))
 
     @property
     def size_bytes(self) -> int:
-        return int(lib.llama_model_size(self._ptr))
+        return int(lib.llama_model_size(self.ptr))
 
     @property
     def has_encoder(self) -> bool:
-        return bool(lib.llama_model_has_encoder(self._ptr))
+        return bool(lib.llama_model_has_encoder(self.ptr))
 
     @property
     def has_decoder(self) -> bool:
-        return bool(lib.llama_model_has_decoder(self._ptr))
+        return bool(lib.llama_model_has_decoder(self.ptr))
 
     @property
     def is_embedding_only(self) -> bool:

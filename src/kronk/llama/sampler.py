@@ -8,11 +8,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kronk.errors import GrammarError, InvalidRequestError
+import numpy as np
+import numpy.typing as npt
+
+from kronk.errors import DecodeError, GrammarError, InvalidRequestError
 from kronk.llama._lib import lib
 from kronk.llama.vocab import Vocab
 
+# llama_token_data {int32 id; float logit; float p}, as a numpy record.
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+
 DEFAULT_DRY_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*")
+# Integer parameters reach llama.cpp as int32; larger values would wrap silently.
+_INT32 = 2**31
+# The context a penalty window of -1 ("the whole context") means when the caller does not
+# say (the SDK's default n_ctx).
+_FALLBACK_CONTEXT = 4096
 
 
 @dataclass(frozen=True)
@@ -63,14 +74,18 @@ class SamplingParams:
             "temperature",
             "must be between 0 and 100",
         )
-        check(self.top_k >= 0, "top_k", "must be >= 0 (0 disables it)")
+        check(0 <= self.top_k < _INT32, "top_k", "must be in [0, 2^31) (0 disables it)")
         check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         check(0 <= self.min_p <= 1, "min_p", "must be in [0, 1]")
         check(0 < self.typical_p <= 1, "typical_p", "must be in (0, 1]")
         check(
             finite(self.repeat_penalty) and self.repeat_penalty > 0, "repeat_penalty", "must be > 0"
         )
-        check(self.repeat_last_n >= -1, "repeat_last_n", "must be >= -1 (-1 = whole context)")
+        check(
+            -1 <= self.repeat_last_n < _INT32,
+            "repeat_last_n",
+            "must be in [-1, 2^31) (-1 = whole context)",
+        )
         check(
             finite(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
             "presence_penalty",
@@ -87,8 +102,8 @@ class SamplingParams:
             "must be >= 0",
         )
         check(finite(self.dry_base) and self.dry_base >= 1, "dry_base", "must be >= 1")
-        check(self.dry_allowed_length >= 0, "dry_allowed_length", "must be >= 0")
-        check(self.dry_penalty_last_n >= -1, "dry_penalty_last_n", "must be >= -1")
+        check(0 <= self.dry_allowed_length < _INT32, "dry_allowed_length", "must be in [0, 2^31)")
+        check(-1 <= self.dry_penalty_last_n < _INT32, "dry_penalty_last_n", "must be in [-1, 2^31)")
         check(0 <= self.xtc_probability <= 1, "xtc_probability", "must be in [0, 1]")
         check(0 <= self.xtc_threshold <= 1, "xtc_threshold", "must be in [0, 1]")
         check(self.seed is None or 0 <= self.seed < 2**32, "seed", "must be in [0, 2^32)")
@@ -111,19 +126,45 @@ class SamplingParams:
 
 
 class SamplerChain:
-    """A `llama_sampler` chain for one request. Not thread-safe; the engine thread owns it."""
+    """A `llama_sampler` chain for one request. Not thread-safe; the engine thread owns it.
+
+    A grammar is kept out of the chain and applied the way llama.cpp's own `common_sampler`
+    does: the chain picks a token from the raw candidates, the grammar checks just that
+    one, and only when it refuses are all candidates filtered through the grammar and the
+    chain run again. Filtering a whole 150k-token vocabulary through a grammar costs tens
+    of milliseconds, several times a decode step; checking one token costs microseconds.
+    """
 
     def __init__(
-        self, vocab: Vocab, params: SamplingParams, *, extra_bias: Mapping[int, float] | None = None
+        self,
+        vocab: Vocab,
+        params: SamplingParams,
+        *,
+        extra_bias: Mapping[int, float] | None = None,
+        n_ctx: int | None = None,
     ) -> None:
+        """`n_ctx` is the request's context window: what a penalty window of -1 covers,
+        and the most any window can usefully cover."""
         self._closed = True  # until the chain exists, there is nothing to free
         params.validate(vocab.n_tokens)
         self.params = params
+        self._n_vocab = vocab.n_tokens
+        self._n_ctx = n_ctx if n_ctx is not None else _FALLBACK_CONTEXT
+        self._grammar: Any = None
+        self._cur: npt.NDArray[np.void] | None = None  # candidates buffer, with a grammar
         sparams = lib.llama_sampler_chain_default_params()
         sparams.no_perf = True
         self._ptr: Any = lib.llama_sampler_chain_init(sparams)
         self._closed = False
         try:
+            self._grammar = _grammar_sampler(vocab, params)
+            if self._grammar is not None:
+                self._cur = np.zeros(vocab.n_tokens, _TOKEN_DATA)
+                self._ids = np.arange(vocab.n_tokens, dtype=np.int32)
+                self._one = lib.llama_token_data()
+                self._one_array = lib.llama_token_data_array(
+                    data=ctypes.pointer(self._one), size=1, selected=-1, sorted=False
+                )
             self._build(vocab, params, {**params.logit_bias, **(extra_bias or {})})
         except BaseException:
             self.close()
@@ -135,18 +176,6 @@ class SamplerChain:
         lib.llama_sampler_chain_add(self._ptr, sampler)  # the chain owns it from here
 
     def _build(self, vocab: Vocab, p: SamplingParams, bias: Mapping[int, float]) -> None:
-        # The grammar goes first so that every later sampler only sees tokens it allows.
-        if p.grammar is not None:
-            grammar = (
-                _lazy_grammar(vocab, p.grammar, p.grammar_triggers)
-                if p.grammar_triggers
-                else lib.llama_sampler_init_grammar(vocab.ptr, p.grammar.encode("utf-8"), b"root")
-            )
-            if not grammar:
-                raise GrammarError(
-                    "grammar does not parse (see GBNF syntax); it must define 'root'", "grammar"
-                )
-            self._add(grammar)
         if bias:
             items = (lib.llama_logit_bias * len(bias))()
             for i, (token, value) in enumerate(bias.items()):
@@ -157,7 +186,7 @@ class SamplerChain:
             self._add(
                 lib.llama_sampler_init_penalties(
                     vocab.n_tokens,
-                    p.repeat_last_n,
+                    self._window(p.repeat_last_n),
                     p.repeat_penalty,
                     p.frequency_penalty,
                     p.presence_penalty,
@@ -172,7 +201,7 @@ class SamplerChain:
                     p.dry_multiplier,
                     p.dry_base,
                     p.dry_allowed_length,
-                    p.dry_penalty_last_n,
+                    self._window(p.dry_penalty_last_n),
                     arr,
                     len(breakers),
                 )
@@ -194,22 +223,100 @@ class SamplerChain:
         self._add(lib.llama_sampler_init_temp(p.temperature))
         self._add(lib.llama_sampler_init_dist(lib.LLAMA_DEFAULT_SEED if p.seed is None else p.seed))
 
+    def _window(self, last_n: int) -> int:
+        """Tokens a repetition penalty looks back over. llama.cpp takes -1 as 0 (the penalty
+        silently off) and allocates the window up front, so -1 becomes the whole context and
+        no window is larger than it."""
+        return self._n_ctx if last_n == -1 or last_n > self._n_ctx else last_n
+
     def sample(self, ctx_ptr: Any, index: int) -> int:
         """Pick the next token from the logits at batch `index` and record it in the chain
-        (penalties, grammar state)."""
-        return int(lib.llama_sampler_sample(self._ptr, ctx_ptr, index))
+        (penalties, grammar state). Raises GrammarError when the grammar allows no token."""
+        if self._grammar is None:
+            return int(lib.llama_sampler_sample(self._ptr, ctx_ptr, index))
+        logits = lib.llama_get_logits_ith(ctx_ptr, index)
+        if not logits:
+            raise DecodeError(f"no logits for batch index {index}")
+        token = self._select(logits, with_grammar=False)
+        if not self._grammar_allows(token):
+            token = self._select(logits, with_grammar=True)
+        lib.llama_sampler_accept(self._grammar, token)
+        lib.llama_sampler_accept(self._ptr, token)
+        return token
+
+    def _select(self, logits: Any, *, with_grammar: bool) -> int:
+        """Run the chain (after the grammar, if asked) over all candidates; the pick.
+
+        Done here rather than by `llama_sampler_sample` so that a token the grammar forbids
+        is never accepted: when a grammar has no way forward (`[z-a]`, or text it needs that
+        the vocabulary cannot spell) every candidate is -inf, llama.cpp would select one
+        anyway, and accepting it throws a C++ exception that aborts the process.
+        """
+        cur = self._cur
+        assert cur is not None
+        cur["id"] = self._ids  # the samplers reorder the buffer in place
+        cur["logit"] = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+        cur["p"] = 0.0
+        candidates = lib.llama_token_data_array(
+            data=cur.ctypes.data_as(ctypes.POINTER(lib.llama_token_data)),
+            size=self._n_vocab,
+            selected=-1,
+            sorted=False,
+        )
+        if with_grammar:
+            lib.llama_sampler_apply(self._grammar, ctypes.byref(candidates))
+        lib.llama_sampler_apply(self._ptr, ctypes.byref(candidates))
+        selected = int(candidates.selected)
+        # `data` may point elsewhere now: samplers are allowed to replace it.
+        chosen = candidates.data[selected] if 0 <= selected < candidates.size else None
+        if chosen is None or (with_grammar and chosen.logit == -math.inf):  # grammar's veto
+            raise GrammarError(
+                "the grammar allows no token at this point of the output; "
+                "check it for rules that can never match",
+                "grammar",
+            )
+        return int(chosen.id)
+
+    def _grammar_allows(self, token: int) -> bool:
+        one = self._one
+        one.id, one.logit, one.p = token, 0.0, 0.0
+        self._one_array.selected = -1
+        lib.llama_sampler_apply(self._grammar, ctypes.byref(self._one_array))
+        return bool(one.logit != -math.inf)
 
     def accept(self, tokens: Sequence[int]) -> None:
+        """Record tokens as if sampled (the grammar must allow each: llama.cpp aborts else)."""
         for t in tokens:
+            if self._grammar is not None:
+                lib.llama_sampler_accept(self._grammar, t)
             lib.llama_sampler_accept(self._ptr, t)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             lib.llama_sampler_free(self._ptr)
+            if self._grammar is not None:
+                lib.llama_sampler_free(self._grammar)
+                self._grammar = None
 
     def __del__(self) -> None:
         self.close()
+
+
+def _grammar_sampler(vocab: Vocab, p: SamplingParams) -> Any:
+    """The request's grammar sampler (owned by the caller), or None without a grammar."""
+    if not p.grammar:  # None, or "" which llama.cpp takes as "no grammar"
+        return None
+    grammar = (
+        _lazy_grammar(vocab, p.grammar, p.grammar_triggers)
+        if p.grammar_triggers
+        else lib.llama_sampler_init_grammar(vocab.ptr, p.grammar.encode("utf-8"), b"root")
+    )
+    if not grammar:
+        raise GrammarError(
+            "grammar does not parse (see GBNF syntax); it must define 'root'", "grammar"
+        )
+    return grammar
 
 
 # ECMAScript regex metacharacters (std::regex's default syntax).

@@ -6,6 +6,7 @@ import ctypes
 from dataclasses import dataclass
 from typing import Any
 
+from kronk.errors import KronkError
 from kronk.llama._lib import lib
 
 
@@ -95,7 +96,7 @@ class Vocab:
                 self._ptr, data, len(data), buf, capacity, add_special, parse_special
             )
             if n < 0:
-                raise RuntimeError(f"llama_tokenize failed ({n})")
+                raise KronkError(f"llama.cpp could not tokenize the text (code {n})")
         return list(buf[:n])
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
