@@ -22,7 +22,6 @@ from kronk.cli.common import (
     JsonOption,
     ProgressBars,
     console,
-    err_console,
     human_size,
     open_store,
     print_json,
@@ -272,7 +271,11 @@ def pull(
             model, sha256=sha256, progress=bars, hf_token=hf_token, model_id=model_id
         )
     if local.id in before:
-        console.print(f"{escape(local.id)} is already here ({human_size(local.size)}), verified")
+        console.print(
+            f"{escape(local.id)} is already here ({human_size(local.size)}, verified when it "
+            "arrived; `kronk model verify` checks it again)",
+            soft_wrap=True,
+        )
     else:
         took = time.monotonic() - started
         console.print(
@@ -303,8 +306,8 @@ def import_model(
     A sentence-transformers BERT folder is converted to GGUF (F16).
     """
     store = open_store(home)
-    with err_console.status(f"importing {escape(str(path))}"):
-        local = store.import_path(path, model_id=model_id)
+    with ProgressBars(f"importing {path}") as bars:
+        local = store.import_path(path, model_id=model_id, progress=bars)
     console.print(
         f"[green]imported[/green] {escape(local.id)} ({human_size(local.size)}, "
         f"sha256 {local.files[0].sha256[:12]}…)",
@@ -441,7 +444,8 @@ def ps(
         console.print("no models loaded (the server loads a model on its first request)")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("NAME", "STATUS", "SLOTS", "QUEUED", "MEMORY", "CONTEXT", "UNLOADS"):
+    columns = ("NAME", "STATUS", "SLOTS", "QUEUED", "MEMORY", "CONTEXT", "TOK/S", "TTFT", "CACHE")
+    for column in (*columns, "UNLOADS"):
         table.add_column(column, no_wrap=True)
     now = time.time()
     for m in models:
@@ -457,6 +461,10 @@ def ps(
             str(m.get("queued", 0)),
             human_size(m.get("memory_bytes")),
             str(m.get("n_ctx", "-")),
+            # Live stats: means over the latest requests; "-" until there are some.
+            f"{m['tokens_per_second']:.1f}" if m.get("tokens_per_second") else "-",
+            f"{m['time_to_first_token']:.2f} s" if m.get("time_to_first_token") else "-",
+            f"{m['prompt_cache_hit_ratio']:.0%}" if m.get("requests_finished") else "-",
             unloads,
         )
     console.print(table)

@@ -48,6 +48,12 @@ class Usage:
     time_to_first_token: float  # from submit to the first generated token
     prompt_seconds: float  # prefill: from admission to the first generated token
     generation_seconds: float  # from the first generated token to the last
+    # For telemetry spans: the slot that served the request (-1: never admitted), the
+    # time its admission spent finding and preparing cached KV (part of queue_seconds),
+    # and the time spent turning its tokens into text (spread over the decode).
+    slot: int = -1
+    cache_lookup_seconds: float = 0.0
+    detokenize_seconds: float = 0.0
 
     @property
     def tokens_per_second(self) -> float:

@@ -3,22 +3,19 @@ hooks that attach each loaded model's engine to them."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from opentelemetry.trace import StatusCode
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kronk.engine.engine import EngineStats
 from kronk.pool import ModelPool, PoolEvent
 from kronk.sdk import Kronk
+from kronk.telemetry import tracing
 from kronk.telemetry.metrics import CONTENT_TYPE, Metrics
-from kronk.telemetry.tracing import configure_tracing, record_engine_phases, tracer
-
-# Standard OpenTelemetry variable first, then kronk's own.
-OTLP_ENV = ("OTEL_EXPORTER_OTLP_ENDPOINT", "KRONK_OTLP_ENDPOINT")
 
 
 class ModelTelemetry:
@@ -37,6 +34,10 @@ class ModelTelemetry:
             models = dict(self._models)
         return {model_id: k.stats() for model_id, k in models.items()}
 
+    def live(self) -> dict[str, dict[str, float]]:
+        """Each loaded model's live stats (`Metrics.live`), for `/api/ps`."""
+        return {model_id: self.metrics.live(model_id, s) for model_id, s in self.stats().items()}
+
     def _on_pool_event(self, event: PoolEvent) -> None:
         if event.kind == "loading":
             self._load_started[event.model] = time.perf_counter()
@@ -45,7 +46,6 @@ class ModelTelemetry:
             if started is not None:
                 self.metrics.model_load.labels(event.model).observe(time.perf_counter() - started)
             self.metrics.watch(event.model, event.kronk.engine)
-            event.kronk.engine.add_listener(record_engine_phases)
             with self._lock:
                 self._models[event.model] = event.kronk
         elif event.kind in ("unloaded", "failed"):
@@ -77,13 +77,15 @@ class TelemetryMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        with tracer.start_as_current_span(f"{scope['method']} {route}") as span:
+        with tracing.tracer.start_as_current_span(f"{scope['method']} {route}") as span:
             span.set_attribute("http.request.method", scope["method"])
             span.set_attribute("http.route", route)
             try:
                 await self.app(scope, receive, send_and_record)
             finally:
                 span.set_attribute("http.response.status_code", status)
+                if status >= 500:  # client errors are not the server's (OTel HTTP semantics)
+                    span.set_status(StatusCode.ERROR)
                 self.metrics.observe_http(
                     scope["method"], route, status, time.perf_counter() - start
                 )
@@ -101,7 +103,7 @@ def install_telemetry(app: FastAPI, pool: ModelPool, metrics: Metrics | None = N
     """Add `GET /metrics`, HTTP metrics, spans (exported when an OTLP endpoint is set in
     the environment) and per-model metrics to `app`."""
     metrics = metrics or Metrics()
-    configure_tracing(next((os.environ[v] for v in OTLP_ENV if os.environ.get(v)), None))
+    tracing.configure_tracing(tracing.otlp_traces_url())
     app.state.telemetry = ModelTelemetry(metrics, pool)
     router = APIRouter()
 

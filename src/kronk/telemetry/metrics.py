@@ -2,13 +2,18 @@
 
 Counters and histograms are fed by engine listeners (one call per finished request);
 gauges (queue depth, slots, KV cache use) are read from the engines' stats when
-Prometheus scrapes, so the decode loop never pays for them.
+Prometheus scrapes, so the decode loop never pays for them. `Metrics.live` sums the
+same up for people (`/api/ps`, `kronk model ps`).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from functools import partial
+from statistics import fmean
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -21,6 +26,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _SPEED_BUCKETS = (1, 2, 5, 10, 20, 30, 40, 50, 60, 80, 100, 150, 200, 300, 500, 1000, 2000, 5000)
+RECENT_REQUESTS = 32  # live stats average over this many of a model's latest requests
 
 
 def context_bucket(tokens: int) -> str:
@@ -32,6 +38,32 @@ def context_bucket(tokens: int) -> str:
     if tokens < 16384:
         return "4k-16k"
     return "16k+"
+
+
+@dataclass(frozen=True)
+class KvUse:
+    """What a model's KV cache holds now, from its engine's stats."""
+
+    cells: int  # KV cells holding tokens, all slots
+    used_bytes: float
+    hit_ratio: float  # prompt tokens reused from the cache / all prompt tokens admitted
+
+    @classmethod
+    def of(cls, s: EngineStats) -> KvUse:
+        cells = sum(s.slot_tokens)
+        seen = s.tokens_cached + s.tokens_prefilled
+        return cls(cells, cells * s.kv_bytes_per_token, s.tokens_cached / seen if seen else 0.0)
+
+
+@dataclass
+class _Recent:
+    """One model's request counts and its latest requests' speeds."""
+
+    finished: int = 0
+    failed: int = 0
+    ttft: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS))
+    decode: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS))
+    prefill: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_REQUESTS))
 
 
 class Metrics:
@@ -68,14 +100,14 @@ class Metrics:
         )
         self.prefill_speed = Histogram(
             "kronk_prefill_tokens_per_second",
-            "Prompt tokens computed per second (cached ones excluded).",
-            ["model"],
+            "Prompt tokens computed per second (cached ones excluded), by prompt size.",
+            ["model", "context"],
             buckets=_SPEED_BUCKETS,
             registry=r,
         )
         self.decode_speed = Histogram(
             "kronk_decode_tokens_per_second",
-            "Generated tokens per second, by the request's context size.",
+            "Generated tokens per second, by the request's context size (prompt + output).",
             ["model", "context"],
             buckets=_SPEED_BUCKETS,
             registry=r,
@@ -113,6 +145,8 @@ class Metrics:
             registry=r,
         )
         self._stats_source: Callable[[], Mapping[str, EngineStats]] = dict
+        self._recent_lock = threading.Lock()
+        self._recent: dict[str, _Recent] = {}
         r.register(_EngineCollector(self))
 
     def watch(self, model_id: str, engine: Engine) -> None:
@@ -130,13 +164,43 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def live(self, model: str, stats: EngineStats) -> dict[str, float]:
+        """Live stats of a loaded model: requests so far, mean time to first token and
+        speeds over its latest requests, and its KV cache and prompt-cache use now."""
+        with self._recent_lock:
+            recent = self._recent.get(model, _Recent())
+            ttft, decode, prefill = list(recent.ttft), list(recent.decode), list(recent.prefill)
+            finished, failed = recent.finished, recent.failed
+        kv = KvUse.of(stats)
+        return {
+            "requests_finished": finished,
+            "requests_failed": failed,
+            "time_to_first_token": fmean(ttft) if ttft else 0.0,
+            "tokens_per_second": fmean(decode) if decode else 0.0,
+            "prompt_tokens_per_second": fmean(prefill) if prefill else 0.0,
+            "prompt_cache_hit_ratio": kv.hit_ratio,
+            "kv_cache_cells_used": kv.cells,
+            "kv_cache_used_bytes": kv.used_bytes,
+        }
+
     def _on_request_end(
         self, model: str, request: GenerationRequest, event: Finished | Failed
     ) -> None:
         if isinstance(event, Failed):
             self.errors.labels(model, type(event.error).__name__).inc()
+            with self._recent_lock:
+                self._recent.setdefault(model, _Recent()).failed += 1
             return
         u = event.usage
+        with self._recent_lock:
+            recent = self._recent.setdefault(model, _Recent())
+            recent.finished += 1
+            if u.completion_tokens:
+                recent.ttft.append(u.time_to_first_token)
+            if u.tokens_per_second > 0:
+                recent.decode.append(u.tokens_per_second)
+            if u.prompt_tokens_per_second > 0:
+                recent.prefill.append(u.prompt_tokens_per_second)
         self.requests.labels(model, event.reason).inc()
         self.queue_wait.labels(model).observe(u.queue_seconds)
         self.prompt_tokens.labels(model).inc(u.prompt_tokens)
@@ -145,7 +209,8 @@ class Metrics:
         if u.completion_tokens:
             self.ttft.labels(model).observe(u.time_to_first_token)
         if u.prompt_tokens_per_second > 0:
-            self.prefill_speed.labels(model).observe(u.prompt_tokens_per_second)
+            bucket = context_bucket(u.prompt_tokens)
+            self.prefill_speed.labels(model, bucket).observe(u.prompt_tokens_per_second)
         if u.tokens_per_second > 0:
             bucket = context_bucket(u.prompt_tokens + u.completion_tokens)
             self.decode_speed.labels(model, bucket).observe(u.tokens_per_second)
@@ -176,16 +241,15 @@ class _EngineCollector(Collector):
             ),
         }
         for model, s in self._metrics._stats_source().items():
-            cells = sum(s.slot_tokens)
-            seen = s.tokens_cached + s.tokens_prefilled
+            kv = KvUse.of(s)
             values = {
                 "queue": s.queued,
                 "busy": s.slots_busy,
                 "slots": s.slots,
-                "cells": cells,
-                "kv_used": cells * s.kv_bytes_per_token,
+                "cells": kv.cells,
+                "kv_used": kv.used_bytes,
                 "kv_total": s.kv_cache_bytes,
-                "ratio": s.tokens_cached / seen if seen else 0.0,
+                "ratio": kv.hit_ratio,
                 "host": s.prompt_cache_bytes,
             }
             for key, family in families.items():
