@@ -98,6 +98,35 @@ def test_an_evicted_prompt_is_restored_from_host_memory(tiny_model: LlamaModel) 
     assert again == first == cold(tiny_model, conversation)
 
 
+def test_requests_run_in_the_lowest_free_slot_with_their_prefix_copied_there(
+    tiny_model: LlamaModel,
+) -> None:
+    prompts = [
+        tokens(tiny_model, f"conversation number {i} is about things " * 4) for i in range(3)
+    ]
+    engine = make_engine(tiny_model, n_seq_max=3)
+    try:
+        streams = []
+        for prompt in prompts:  # three at once: slots 0, 1, 2
+            events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+            request = GenerationRequest(prompt, GREEDY, max_tokens=400, ignore_eos=True)
+            streams.append((engine.submit(request, events.put), events))
+            events.get()  # it is running
+        for handle, events in streams[:2]:  # slots 0 and 1 free up; slot 2 keeps running
+            handle.cancel()
+            while not isinstance(events.get(), Finished):
+                pass
+        follow_up = prompts[1] + tokens(tiny_model, " and more")
+        text, usage = run(engine, follow_up)
+        streams[2][0].cancel()
+    finally:
+        engine.close()
+    # The lowest free slot (0), not slot 1 where its prefix was: the prefix was copied.
+    assert usage.slot == 0
+    assert usage.cached_tokens >= len(prompts[1])
+    assert text == cold(tiny_model, follow_up)
+
+
 def test_short_prompts_are_not_worth_saving(tiny_model: LlamaModel) -> None:
     engine = make_engine(tiny_model, n_seq_max=1)
     try:

@@ -55,7 +55,8 @@ from kronk.telemetry.tracing import current_span
 
 log = logging.getLogger("kronk.engine")
 
-# Told about every request that ends (telemetry); runs on the engine thread.
+# Told about every request that ends (telemetry); runs on the engine thread, or on the
+# submitting thread for a request that submit() rejects.
 RequestListener = Callable[[GenerationRequest, Finished | Failed], None]
 
 
@@ -76,7 +77,7 @@ class EngineConfig:
     embedding_batch: int = 8  # inputs embedded together in one decode
     # Host memory for KV states of long prompts that lost their slot (0 disables).
     prompt_cache_bytes: int = 1 << 30
-    prompt_cache_min_tokens: int = 256  # shorter prefixes are cheap to recompute
+    prompt_cache_min_tokens: int = 64  # shorter prefixes are cheap to recompute
     # Copy another slot's KV (or restore a saved state) when it saves at least this many
     # tokens of prefill over the slot's own cache.
     shared_prefix_min_tokens: int = 32
@@ -121,6 +122,8 @@ class _Active:
     batch_index: int | None = None  # where its logits are in the current batch
     first_token_at: float = 0.0
     last_token_at: float = 0.0
+    cache_lookup_seconds: float = 0.0  # telemetry: choosing the slot and placing cached KV
+    detokenize_seconds: float = 0.0  # telemetry: pieces, UTF-8 assembly and stop matching
 
     @property
     def request(self) -> GenerationRequest:
@@ -132,7 +135,6 @@ class _Slot:
     seq_id: int
     tokens: list[int] = field(default_factory=list)  # what this sequence's KV cache holds
     active: _Active | None = None
-    last_used: float = 0.0
 
 
 @dataclass
@@ -198,6 +200,13 @@ class Engine:
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         """Queue a request. Raises at once for bad input, a full context or a full queue;
         everything later arrives as events on `sink` (called on the engine thread)."""
+        try:
+            return self._enqueue(request, sink)
+        except KronkError as exc:
+            self._notify(request, Failed(exc))  # listeners count rejections as errors
+            raise
+
+    def _enqueue(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         if self.embedding_only:
             raise UnsupportedFeatureError(
                 f"{self.model.name} is an embedding model; it cannot generate text", "model"
@@ -206,7 +215,7 @@ class Engine:
         if request.span is None:
             request.span = current_span()
         extra_bias = {t: -math.inf for t in self.vocab.eog_tokens} if request.ignore_eos else None
-        chain = SamplerChain(self.vocab, request.sampling, extra_bias=extra_bias)
+        chain = SamplerChain(self.vocab, request.sampling, extra_bias=extra_bias, n_ctx=self.n_ctx)
         handle = RequestHandle(request, sink, self._cancel_queued)
         with self._lock:
             if self._closing:
@@ -360,21 +369,31 @@ class Engine:
                 return
             handle, chain, submitted = self._queue.popleft()
             prompt = list(handle.request.prompt)
-            # Reuse the longest cached prefix; among equals, the least recently used slot.
-            slot = max(free, key=lambda s: (common_prefix(s.tokens, prompt), -s.last_used))
+            lookup_start = time.perf_counter()
+            slot = self._choose_slot(free)
             keep = self._place(slot, prompt)
+            admitted = time.perf_counter()
             active = _Active(
                 handle=handle,
                 chain=chain,
                 submitted=submitted,
-                admitted=time.perf_counter(),
+                admitted=admitted,
                 prompt_done=keep,
                 cached=keep,
                 stops=StopMatcher(list(handle.request.stop)),
+                cache_lookup_seconds=admitted - lookup_start,
             )
             slot.active = active
             self._stats.requests_total += 1
             self._stats.tokens_cached += keep
+
+    @staticmethod
+    def _choose_slot(free: list[_Slot]) -> _Slot:
+        """The lowest-numbered free slot. With a KV stream per slot, llama.cpp decodes a
+        batch in one pass per run of consecutive sequence ids, so running sequences packed
+        at the lowest ids cost one pass a step, not one each. `_place` then brings the
+        prompt's cached prefix into that slot from wherever kronk holds it."""
+        return min(free, key=lambda s: s.seq_id)
 
     def _place(self, slot: _Slot, prompt: list[int]) -> int:
         """Prepare `slot`'s KV cache for `prompt`, reusing every prefix kronk still holds.
@@ -386,7 +405,11 @@ class Engine:
         assert self._ctx is not None
         ctx = self._ctx
         own = common_prefix(slot.tokens, prompt)
-        if own < len(slot.tokens) and self._prompt_cache.worth_saving(slot.tokens):
+        if (
+            own < len(slot.tokens)
+            and self._prompt_cache.worth_saving(slot.tokens)
+            and not self._held_elsewhere(slot)
+        ):
             # The slot is about to lose the rest of a long sequence: keep it in host memory.
             self._prompt_cache.put(slot.tokens, ctx.seq_state_get(slot.seq_id))
         others = [s for s in self._slots if s is not slot and s.tokens]
@@ -406,6 +429,11 @@ class Engine:
             else:
                 slot.tokens = []
         return self._trim(slot, prompt)
+
+    def _held_elsewhere(self, slot: _Slot) -> bool:
+        """Whether another slot's cache holds all of `slot`'s tokens (e.g. it was copied)."""
+        n = len(slot.tokens)
+        return any(s is not slot and s.tokens[:n] == slot.tokens for s in self._slots)
 
     def _trim(self, slot: _Slot, prompt: list[int]) -> int:
         """Trim the slot's KV cache to the part of `prompt` it holds; return its length."""
@@ -430,29 +458,33 @@ class Engine:
         for slot in self._slots:
             if slot.active is not None and slot.active.handle.cancelled:
                 self._finish(slot, "cancelled")
+        active = [(s, s.active) for s in self._slots if s.active is not None]
+        # Prompt chunks share what the generating sequences leave of the batch, oldest
+        # request first (chunked prefill: a long prompt never stalls the streams).
+        prefilling = sorted(
+            ((s, a) for s, a in active if a.next_token is None), key=lambda p: p[1].admitted
+        )
+        budget = batch.capacity - (len(active) - len(prefilling))
+        chunks: dict[int, int] = {}  # seq id -> prompt tokens it prefills this step
+        for slot, a in prefilling:
+            chunks[slot.seq_id] = take = min(budget, len(a.request.prompt) - a.prompt_done)
+            budget -= take
+        # Tokens go in sequence-id order: with a KV stream per slot, llama.cpp splits a
+        # batch into one compute pass per run of consecutive sequence ids.
         fed: list[tuple[_Slot, list[int]]] = []
-        for slot in self._slots:
-            a = slot.active
-            if a is not None and a.next_token is not None:
+        for slot, a in active:
+            if a.next_token is not None:
                 a.batch_index = batch.add(a.next_token, len(slot.tokens), slot.seq_id, True)
                 fed.append((slot, [a.next_token]))
-        # Fill the rest of the batch with prompt chunks, oldest request first.
-        prefilling = sorted(
-            (s for s in self._slots if s.active is not None and s.active.next_token is None),
-            key=lambda s: s.active.admitted if s.active else 0.0,
-        )
-        for slot in prefilling:
-            if batch.free == 0:
-                break
-            a = slot.active
-            assert a is not None
-            prompt = a.request.prompt
-            chunk = list(prompt[a.prompt_done : a.prompt_done + batch.free])
-            completes = a.prompt_done + len(chunk) == len(prompt)
-            index = batch.add_sequence(chunk, len(slot.tokens), slot.seq_id, output_last=completes)
-            a.batch_index = index if completes else None
-            a.prompt_done += len(chunk)
-            fed.append((slot, chunk))
+            elif chunks[slot.seq_id] > 0:
+                chunk = list(a.request.prompt[a.prompt_done : a.prompt_done + chunks[slot.seq_id]])
+                completes = a.prompt_done + len(chunk) == len(a.request.prompt)
+                index = batch.add_sequence(
+                    chunk, len(slot.tokens), slot.seq_id, output_last=completes
+                )
+                a.batch_index = index if completes else None
+                a.prompt_done += len(chunk)
+                fed.append((slot, chunk))
         if batch.n_tokens == 0:
             return
         decode_start = time.perf_counter()
@@ -466,13 +498,12 @@ class Engine:
         self._stats.decode_seconds += now - decode_start
         for slot, tokens in fed:
             slot.tokens.extend(tokens)
-            slot.last_used = now
             if slot.active is not None and slot.active.next_token is None:
                 self._stats.tokens_prefilled += len(tokens)
         for slot, _ in fed:
-            a = slot.active
-            if a is not None and a.batch_index is not None:
-                self._sample(slot, a, a.batch_index, now)
+            sampled = slot.active
+            if sampled is not None and sampled.batch_index is not None:
+                self._sample(slot, sampled, sampled.batch_index, now)
         self._stats.steps += 1
         self._stats.step_seconds += time.perf_counter() - step_start
 
@@ -482,6 +513,9 @@ class Engine:
         sample_start = time.perf_counter()
         try:
             token = a.chain.sample(self._ctx.ptr, index)
+        except KronkError as exc:  # e.g. a grammar with no way forward: the caller's error
+            self._fail(slot, exc)
+            return
         except Exception as exc:  # a sampler must never take the engine down
             self._fail(slot, KronkError(f"sampling failed: {exc}"))
             return
@@ -499,8 +533,10 @@ class Engine:
                 self._emit(a, TextDelta("", logprobs))
             self._finish(slot, "stop")
             return
+        detokenize_start = time.perf_counter()
         piece = self.vocab.piece(token, special=token in request.render_special)
         text, stopped = a.stops.push(a.decoder.push(piece))
+        a.detokenize_seconds += time.perf_counter() - detokenize_start
         if text or logprobs:
             self._emit(a, TextDelta(text, logprobs))
         if stopped:
@@ -548,6 +584,9 @@ class Engine:
             time_to_first_token=(first - a.submitted) if a.generated else 0.0,
             prompt_seconds=(first - a.admitted) if a.generated else 0.0,
             generation_seconds=a.last_token_at - a.first_token_at if a.generated else 0.0,
+            slot=slot.seq_id,
+            cache_lookup_seconds=a.cache_lookup_seconds,
+            detokenize_seconds=a.detokenize_seconds,
         )
         self._emit(a, Finished(reason, usage))
 
@@ -568,11 +607,14 @@ class Engine:
     def _emit_to(self, handle: RequestHandle, event: Event) -> None:
         _emit(handle, event)
         if isinstance(event, Finished | Failed):
-            for listener in self._listeners:
-                try:
-                    listener(handle.request, event)
-                except Exception:
-                    log.exception("engine listener raised")
+            self._notify(handle.request, event)
+
+    def _notify(self, request: GenerationRequest, event: Finished | Failed) -> None:
+        for listener in self._listeners:
+            try:
+                listener(request, event)
+            except Exception:
+                log.exception("engine listener raised")
 
     def _shutdown(self) -> None:
         closed = EngineClosedError("the model was unloaded")
