@@ -653,20 +653,28 @@ def test_index_rebuilds_from_disk_and_reports_what_it_dropped(
 
 
 def test_ps_lists_what_a_running_server_has_loaded(home: Path, tiny_llama_path: Path) -> None:
-    with live_server(
-        {"tiny": tiny_llama_path}, preload="tiny", load_defaults={"n_ctx": 256}
-    ) as srv:
+    name = "tiny-model-with-a-name-as-long-as-real-ones"  # the table is wider than 80
+    with live_server({name: tiny_llama_path}, preload=name, load_defaults={"n_ctx": 256}) as srv:
         port = srv.base_url.rsplit(":", 1)[1]
         home.mkdir()
         (home / "config.yaml").write_text(f"server:\n  port: {port}\n")
+        srv.openai().completions.create(model=name, prompt="hello", max_tokens=4)
         as_json = json_of(kronk("model", "ps", "--json", home=home))  # the port from config
         table = kronk("model", "ps", "--port", port, home=home, env={"KRONK_HOST": "0.0.0.0"})
 
     (loaded,) = as_json
-    assert loaded["name"] == "tiny" and loaded["status"] == "ready"
+    assert loaded["name"] == name and loaded["status"] == "ready"
     assert loaded["slots"] >= 1 and loaded["memory_bytes"] > 0
+    assert loaded["requests_finished"] == 1 and loaded["tokens_per_second"] > 0
     assert table.exit_code == 0
-    assert re.search(r"tiny\s+ready\s+0/\d+", table.stdout)
+    # Live stats included, and no column cut short to fit 80 characters.
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split() == [
+        *("NAME", "STATUS", "SLOTS", "QUEUED", "MEMORY", "CONTEXT"),
+        *("TOK/S", "TTFT", "CACHE", "UNLOADS"),
+    ]
+    assert re.search(rf"{name}\s+ready\s+0/\d+.* s\s+\d+%\s+in \d+ min", row)
+    assert "…" not in table.stdout
 
 
 def test_ps_without_a_server_says_how_to_start_one(home: Path) -> None:

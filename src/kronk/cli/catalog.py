@@ -18,6 +18,7 @@ from kronk.cli.common import (
     human_size,
     open_store,
     print_json,
+    print_table,
     report_errors,
 )
 from kronk.models.catalog import (
@@ -84,7 +85,7 @@ def list_entries(
             human_size(e.total_size) if e.total_size else "?",
             _what(e),
         )
-    console.print(table)
+    print_table(table)
     legend = "* default model   ✓ downloaded   ? size known after the first pull"
     if catalog.updated_from is not None:
         legend += f"   (with the update in {escape(str(catalog.updated_from))})"
@@ -136,7 +137,7 @@ def show(
     for index, source in enumerate(entry.sources, start=1):
         for line in _source_lines(entry, source):
             table.add_row(f"source {index}", escape(line))
-    console.print(table)
+    print_table(table)
 
 
 @app.command()

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.filesize import decimal
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -32,6 +33,7 @@ from rich.progress import (
     TaskID,
     TextColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 from kronk.errors import (
@@ -62,6 +64,20 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 # Results go to stdout; progress, warnings and errors to stderr, so `--json | jq` works.
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+
+def print_table(table: Table) -> None:
+    """Print `table` to stdout at its natural width: rich would otherwise cut columns
+    short with an ellipsis to fit the terminal (or 80 columns in a pipe); a narrow
+    terminal wraps the lines instead, and nothing is lost."""
+    natural = Measurement.get(console, console.options.update(width=1 << 16), table).maximum
+    fitted = console.width
+    console.width = max(fitted, natural)
+    try:
+        console.print(table)
+    finally:
+        console.width = fitted
+
 
 # A command that leaves the process because of a KronkError exits with this status.
 ERROR_EXIT = 1

@@ -31,6 +31,7 @@ from kronk.cli.common import (
     console,
     err_console,
     print_json,
+    print_table,
     report_errors,
 )
 from kronk.errors import ConfigError
@@ -310,7 +311,7 @@ def libs(
     table.add_column(overflow="fold")
     for key, value in rows:
         table.add_row(key, escape(value))
-    console.print(table)
+    print_table(table)
 
 
 def _upgrade(*, yes: bool, dry_run: bool) -> None:

@@ -18,6 +18,10 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Fast local LLM inference on llama.cpp: models, chat and an OpenAI-compatible server."""
+    from kronk.telemetry.tracing import configure_tracing, otlp_traces_url
+
+    # Spans (downloads, loads, chats) go to a collector when OTEL_* / KRONK_OTLP_* name one.
+    configure_tracing(otlp_traces_url())
 
 
 @app.command()
@@ -33,27 +37,14 @@ def version(
 
 
 def _register() -> None:
-    # Imported lazily so `kronk --help` stays fast and a broken group can't hide the others.
-    import importlib
+    # Imported here, after the root, so each group's module is the only place it is defined.
+    from kronk.cli import catalog, libs, models, run, server
 
-    for module, name in (
-        ("kronk.cli.models", "model"),
-        ("kronk.cli.catalog", "catalog"),
-        ("kronk.cli.server", "server"),
-    ):
-        try:
-            group = importlib.import_module(module).app
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue  # not written yet
-        app.add_typer(group, name=name)
-    for module in ("kronk.cli.libs", "kronk.cli.run"):
-        try:
-            importlib.import_module(module).register(app)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    app.add_typer(models.app, name="model")
+    app.add_typer(catalog.app, name="catalog")
+    app.add_typer(server.app, name="server")
+    libs.register(app)
+    run.register(app)
 
 
 _register()

@@ -25,6 +25,7 @@ from kronk.cli.common import (
     human_size,
     open_store,
     print_json,
+    print_table,
     report_errors,
 )
 from kronk.models.store import LocalModel
@@ -76,7 +77,7 @@ def list_models(json_output: JsonOption = False, home: HomeOption = None) -> Non
             ", ".join(_capabilities(m)) or "-",
             escape(m.path.name),
         )
-    console.print(table)
+    print_table(table)
     console.print(f"[dim]files in {escape(str(store.home.models_dir))}/<id>/[/dim]", soft_wrap=True)
 
 
@@ -164,7 +165,7 @@ def show(
     table.add_column(overflow="fold")
     for key, value in rows:
         table.add_row(key, escape(value))
-    console.print(table)
+    print_table(table)
 
 
 def gguf_facts(path: Path) -> dict[str, Any]:
@@ -467,7 +468,7 @@ def ps(
             f"{m['prompt_cache_hit_ratio']:.0%}" if m.get("requests_finished") else "-",
             unloads,
         )
-    console.print(table)
+    print_table(table)
 
 
 def _fetch_ps(url: str) -> list[dict[str, Any]]:
