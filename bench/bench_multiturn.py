@@ -17,6 +17,7 @@ the SDK's `chat_stream()`; the section says so.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from dataclasses import dataclass
@@ -25,13 +26,16 @@ from typing import Any
 
 from llama_tools import (
     CpuWatch,
+    Measurement,
     default_model_path,
+    ensure_tool,
     goal,
     kronk_server_available,
     kronk_server_spec,
     llama_server_spec,
     log,
     ratio,
+    run_tool,
     section_preamble,
     update_results,
 )
@@ -110,6 +114,40 @@ def run_kronk_sdk(model: Path, threads: int) -> list[Turn]:
         return converse(SdkTarget(k))
 
 
+def llama_bench_prefill(model: Path, threads: int, tokens: int, depth: int) -> Measurement:
+    """Seconds llama-bench takes to prefill `tokens` tokens after `depth` cached ones,
+    flash attention off as kronk runs on the CPU (5 repetitions)."""
+    output = run_tool(
+        [
+            str(ensure_tool("llama-bench")),
+            *("-m", str(model), "-t", str(threads), "-fa", "off", "-r", "5", "-o", "json"),
+            *("-p", str(tokens), "-n", "0", "-d", str(depth)),
+        ]
+    )
+    (result,) = json.loads(output)
+    return Measurement(tuple(tokens / float(ts) for ts in result["samples_ts"]))
+
+
+@dataclass(frozen=True)
+class Floor:
+    """llama.cpp's own cost of the turn-2 and turn-20 prefills: how much TTFT must grow."""
+
+    turn2: Measurement
+    last: Measurement
+
+    @property
+    def growth(self) -> float:
+        return self.last.median / self.turn2.median
+
+
+def measure_floor(model: Path, threads: int, run: list[Turn]) -> Floor:
+    second, last = run[1], run[-1]
+    return Floor(
+        llama_bench_prefill(model, threads, second.prefilled_tokens, second.cached_tokens),
+        llama_bench_prefill(model, threads, last.prefilled_tokens, last.cached_tokens),
+    )
+
+
 @dataclass(frozen=True)
 class Summary:
     """Per-turn medians over the runs (token counts from the first run)."""
@@ -130,7 +168,13 @@ class Summary:
 
 
 def format_report(
-    model: Path, threads: int, watch: CpuWatch, kronk_mode: str, llama: Summary, kronk: Summary
+    model: Path,
+    threads: int,
+    watch: CpuWatch,
+    kronk_mode: str,
+    llama: Summary,
+    kronk: Summary,
+    floor: Floor,
 ) -> str:
     last = len(USER_MESSAGES)
     lines = [
@@ -149,6 +193,15 @@ def format_report(
         f"| kronk / llama-server TTFT, turn {last} | | "
         f"{ratio(kronk.ttft(last - 1), llama.ttft(last - 1))} "
         f"| {goal(kronk.ttft(last - 1) / llama.ttft(last - 1), at_most=1.0)} |",
+        f"| llama-bench: prefill of turn {last} / turn 2 (same tokens and depths, "
+        f"`-fa off`) | | {floor.growth:.2f} | the floor for the ratio above |",
+        "",
+        f"The floor: `llama-bench -p N -d D -fa off` with kronk's turn-2 prefill "
+        f"({kronk.runs[0][1].prefilled_tokens} tokens after {kronk.runs[0][1].cached_tokens}) "
+        f"took {floor.turn2.cell(3)} s and its turn-{last} prefill "
+        f"({kronk.runs[0][-1].prefilled_tokens} after {kronk.runs[0][-1].cached_tokens}) "
+        f"{floor.last.cell(3)} s: attention over a longer context costs llama.cpp itself "
+        "that much more, whatever the cache saves.",
         "",
         "TTFT is measured by the client (request sent → first token received); in brackets, "
         "the server's own prompt-processing time.",
@@ -199,8 +252,10 @@ def main() -> int:
         log(f"run {rep + 1}/{args.repetitions}: kronk ({'server' if use_server else 'SDK'})")
         kronk_runs.append(run_kronk(model, args.threads))
 
+    log("llama-bench: the same prefills, for the floor")
+    floor = measure_floor(model, args.threads, kronk_runs[0])
     section = format_report(
-        model, args.threads, watch, kronk_mode, Summary(llama_runs), Summary(kronk_runs)
+        model, args.threads, watch, kronk_mode, Summary(llama_runs), Summary(kronk_runs), floor
     )
     print(section)
     if not args.no_record:

@@ -92,10 +92,20 @@ def test_models_list_and_lookup(srv: LiveServer, client: openai.OpenAI) -> None:
 
 
 def test_api_ps_reports_loaded_models(srv: LiveServer, client: openai.OpenAI) -> None:
-    client.chat.completions.create(model="tiny", messages=USER, max_tokens=2)
+    resp = client.chat.completions.create(
+        model="tiny", messages=USER, max_tokens=2, extra_body={"ignore_eos": True}
+    )
     with srv.http() as http:
         models = {m["id"]: m for m in http.get("/api/ps").json()["models"]}
     tiny = models["tiny"]
+    # KV memory per slot: the lowest slot keeps the request's tokens (the last generated
+    # token is never fed back); each token costs the same bytes.
+    assert resp.usage is not None
+    assert tiny["slot_tokens"][0] == resp.usage.prompt_tokens + 1
+    per_token = tiny["slot_kv_bytes"][0] / tiny["slot_tokens"][0]
+    assert per_token > 0
+    assert tiny["kv_cache_bytes"] == pytest.approx(per_token * N_CTX * tiny["slots"], rel=0.01)
+    assert len(tiny["slot_kv_bytes"]) == tiny["slots"]
     assert tiny["status"] == "ready"
     assert tiny["slots"] == 2 and tiny["slots_in_use"] == 0 and tiny["leases"] == 0
     assert tiny["n_ctx"] == N_CTX

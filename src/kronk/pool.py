@@ -63,6 +63,8 @@ class LoadedModel:
     size_bytes: int  # the model file's weights
     kv_cache_bytes: int  # all slots' KV cache
     memory_bytes: int  # size_bytes + kv_cache_bytes
+    slot_tokens: list[int]  # tokens each slot's KV cache holds (in use or kept for reuse)
+    slot_kv_bytes: list[int]  # the KV cache bytes those tokens take, per slot
     n_ctx: int  # context window per slot
     requests_total: int  # requests the engine has taken since the load
     tokens_generated: int
@@ -399,6 +401,8 @@ class ModelPool:
                         size_bytes=size,
                         kv_cache_bytes=0,
                         memory_bytes=size,
+                        slot_tokens=[],
+                        slot_kv_bytes=[],
                         n_ctx=0,
                         requests_total=0,
                         tokens_generated=0,
@@ -427,6 +431,8 @@ class ModelPool:
                     size_bytes=size,
                     kv_cache_bytes=stats.kv_cache_bytes,
                     memory_bytes=size + stats.kv_cache_bytes,
+                    slot_tokens=stats.slot_tokens,
+                    slot_kv_bytes=[int(n * stats.kv_bytes_per_token) for n in stats.slot_tokens],
                     n_ctx=stats.n_ctx,
                     requests_total=stats.requests_total,
                     tokens_generated=stats.tokens_generated,
