@@ -243,31 +243,6 @@ def test_context_parameters_reach_llama_cpp(tiny_llama_path: Path) -> None:
         model.close()
 
 
-def test_flash_attention_auto_is_off_on_the_cpu_unless_the_v_cache_needs_it(
-    default_model_path: Path,
-) -> None:
-    # This build offloads nothing (tests run without a GPU): "auto" means off, where
-    # llama.cpp's CPU flash-attention kernel is the slower one; a quantized V cache needs
-    # it, so there "auto" stays llama.cpp's choice; an explicit setting is kept. (The real
-    # model: the tiny one's 16-wide heads cannot hold a quantized cache's blocks.)
-    model = LlamaModel.load(default_model_path, ModelParams(n_gpu_layers=-1))
-    base = ContextParams(n_ctx=256, n_batch=32, n_threads=1)
-    try:
-        assert not model.offloaded
-        for params, resolved in (
-            (base, "off"),
-            (dataclasses.replace(base, flash_attn="on"), "on"),
-            (dataclasses.replace(base, type_k="q8_0", type_v="q8_0"), "auto"),
-        ):
-            ctx = LlamaContext(model, params)
-            try:
-                assert ctx.flash_attn == resolved
-            finally:
-                ctx.close()
-    finally:
-        model.close()
-
-
 def test_a_batch_feeds_several_sequences_and_memory_ops_edit_them(tiny_llama_path: Path) -> None:
     model = LlamaModel.load(tiny_llama_path)
     # A token in two sequences at once needs the sequences to share one KV stream.

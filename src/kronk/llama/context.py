@@ -92,20 +92,6 @@ class ContextParams:
                 raise InvalidRequestError(f"{name} must be at least 1", name)
 
 
-_FLOAT_TYPES = ("f32", "f16", "bf16")
-
-
-def _flash_attention(params: ContextParams, model: LlamaModel) -> FlashAttention:
-    """What "auto" means: llama.cpp's choice where the model runs on a GPU or the V cache
-    is quantized (which needs flash attention); off on the CPU, where llama.cpp's flash
-    attention kernel is the slower one, the more so the longer the context (measured on
-    the default model: prefill of 24 tokens at depth 1310 about 20% slower, and the
-    multi-turn TTFT of turn 20 about 20% longer; docs/performance.md)."""
-    if params.flash_attn != "auto" or model.offloaded or params.type_v not in _FLOAT_TYPES:
-        return params.flash_attn
-    return "off"
-
-
 class LlamaContext:
     """Owns `llama_context *` for one model."""
 
@@ -123,8 +109,7 @@ class LlamaContext:
         cp.n_threads_batch = params.n_threads_batch or threads
         cp.type_k = KV_CACHE_TYPES[params.type_k]
         cp.type_v = KV_CACHE_TYPES[params.type_v]
-        self.flash_attn = _flash_attention(params, model)  # "auto" resolved as kronk does
-        cp.flash_attn_type = _FLASH[self.flash_attn]
+        cp.flash_attn_type = _FLASH[params.flash_attn]
         cp.embeddings = params.embeddings
         cp.pooling_type = _POOLING[params.pooling]
         cp.kv_unified = params.kv_unified
@@ -133,7 +118,7 @@ class LlamaContext:
         with llama_errors() as reasons:
             self._ptr: Any = lib.llama_init_from_model(model.ptr, cp)
         if not self._ptr:
-            quantized_v = params.type_v not in _FLOAT_TYPES
+            quantized_v = params.type_v not in ("f16", "f32", "bf16")
             hint = (
                 f" ({reasons[0]})"  # llama.cpp's own reason, when it gave one
                 if reasons

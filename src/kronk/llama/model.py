@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kronk.errors import EngineClosedError, ModelLoadError
-from kronk.llama._lib import ensure_backend, lib, llama_errors, supports_gpu_offload
+from kronk.llama._lib import ensure_backend, lib, llama_errors
 from kronk.llama.gguf_check import validate_gguf
 from kronk.llama.vocab import Vocab
 
@@ -31,10 +31,9 @@ class ModelParams:
 class LlamaModel:
     """Owns `llama_model *`. Load with `LlamaModel.load`; free with `close()`."""
 
-    def __init__(self, ptr: Any, path: Path, *, offloaded: bool = False) -> None:
+    def __init__(self, ptr: Any, path: Path) -> None:
         self._ptr = ptr
         self.path = path
-        self.offloaded = offloaded  # some layers run on a GPU
         self.vocab = Vocab(lib.llama_model_get_vocab(ptr))
         self._closed = False
         self._lock = threading.Lock()
@@ -78,7 +77,7 @@ class LlamaModel:
             # llama.cpp loads such a file but aborts on the first tokenize.
             lib.llama_model_free(ptr)
             raise ModelLoadError(f"{path} has no tokenizer (vocabulary); kronk needs one")
-        return cls(ptr, path, offloaded=params.n_gpu_layers != 0 and supports_gpu_offload())
+        return cls(ptr, path)
 
     @property
     def ptr(self) -> Any:
