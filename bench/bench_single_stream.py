@@ -6,7 +6,9 @@ Two pairs, each 128 tokens, greedy, end-of-sequence ignored, one request at a ti
 - kronk's SDK `complete()` against `llama-bench` tg128 (generation only);
 - kronk's server against `llama-server`, both with one slot and driven by the same
   streaming HTTP client, timed from the first to the last streamed token.
-Prints both and their ratios and records the run in bench/RESULTS.md. The goal is a
+The four sides alternate in rounds (3 rounds of 3 runs each by default), so a slow spell
+of a shared machine hits all of them. Prints both and their ratios and records the run
+in bench/RESULTS.md. The goal is a
 ratio of at least 0.97: kronk should lose almost nothing on top of llama.cpp.
 
 Not part of `make test`: it takes minutes and measures, it does not check.
@@ -26,7 +28,6 @@ from llama_tools import (
     default_model_path,
     ensure_tool,
     goal,
-    kronk_server_available,
     kronk_server_spec,
     llama_server_spec,
     log,
@@ -108,6 +109,10 @@ def run_server(spec: ServerSpec, repetitions: int) -> Measurement:
     return Measurement(tuple(rates))
 
 
+# The four sides measured, in the order each round runs them.
+SIDES = ("llama-bench", "sdk", "llama-server", "kronk-server")
+
+
 def format_report(
     model: Path,
     threads: int,
@@ -142,7 +147,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="GGUF model (default: the default model)")
     parser.add_argument("--threads", type=int, default=2, help="threads for all (default 2)")
-    parser.add_argument("--repetitions", type=int, default=5, help="timed runs each (default 5)")
+    parser.add_argument(
+        "--repetitions", type=int, default=3, help="timed runs each, per round (default 3)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument(
         "--no-record", action="store_true", help="print results but leave RESULTS.md alone"
     )
@@ -150,25 +158,25 @@ def main() -> int:
 
     model = args.model.resolve() if args.model else default_model_path()
     watch = CpuWatch()
-    log(f"llama-bench tg{N_GEN} on {model.name}")
-    llama_bench = run_llama_bench(model, args.threads, args.repetitions)
-    log(f"kronk complete() x{args.repetitions}")
-    kronk_sdk = run_kronk_sdk(model, args.threads, args.repetitions)
-
-    log("llama-server, one streaming client")
-    llama_server = run_server(
-        llama_server_spec(model, parallel=1, ctx_size=SERVER_CTX, threads=args.threads),
-        args.repetitions,
-    )
-    kronk_server = None
-    if kronk_server_available():
-        log("kronk server, one streaming client")
-        kronk_server = run_server(
-            kronk_server_spec(model, parallel=1, ctx_per_slot=SERVER_CTX, threads=args.threads),
-            args.repetitions,
+    samples: dict[str, list[float]] = {name: [] for name in SIDES}
+    # Rounds alternate the four sides, so a slow spell of a shared machine hits all of
+    # them rather than whichever ran during it.
+    for round_ in range(1, args.rounds + 1):
+        log(f"round {round_}/{args.rounds}: llama-bench tg{N_GEN}")
+        samples["llama-bench"] += run_llama_bench(model, args.threads, args.repetitions).runs
+        log(f"round {round_}/{args.rounds}: kronk complete() x{args.repetitions}")
+        samples["sdk"] += run_kronk_sdk(model, args.threads, args.repetitions).runs
+        log(f"round {round_}/{args.rounds}: llama-server, one streaming client")
+        llama_spec = llama_server_spec(model, parallel=1, ctx_size=SERVER_CTX, threads=args.threads)
+        samples["llama-server"] += run_server(llama_spec, args.repetitions).runs
+        log(f"round {round_}/{args.rounds}: kronk server, one streaming client")
+        kronk_spec = kronk_server_spec(
+            model, parallel=1, ctx_per_slot=SERVER_CTX, threads=args.threads
         )
-    else:
-        log("kronk.cli.server is not there yet: the server pair is not run")
+        samples["kronk-server"] += run_server(kronk_spec, args.repetitions).runs
+    llama_bench, kronk_sdk, llama_server, kronk_server = (
+        Measurement(tuple(samples[name])) for name in SIDES
+    )
 
     section = format_report(
         model,

@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from kronk.cli.server import pid_alive
+from kronk.llama import LlamaModel
 from kronk.server.settings import ENVIRONMENT
 from support.tiny_gguf import write_not_gguf
 
@@ -50,7 +51,11 @@ def home(tmp_path: Path) -> Path:
 def test_detached_server_serves_logs_and_stops(tiny_llama_path: Path, home: Path) -> None:
     # Each setting from another layer: the config file, the environment, a flag.
     home.mkdir(parents=True)
-    (home / "config.yaml").write_text("server:\n  ctx-size: 256\n  parallel: 2\n  ttl: 600\n")
+    # The model's own section sets the keys' cache type; --cache-type-v sets the values'.
+    (home / "config.yaml").write_text(
+        "server:\n  ctx-size: 256\n  parallel: 2\n  ttl: 600\n"
+        "models:\n  tiny-llama:\n    cache-type-k: f32\n"
+    )
     env = kronk_env(home, KRONK_CTX_SIZE="128")
     port = free_port()
     started = kronk(
@@ -64,6 +69,8 @@ def test_detached_server_serves_logs_and_stops(tiny_llama_path: Path, home: Path
         "1",
         "--parallel",
         "1",
+        "--cache-type-v",
+        "bf16",
         env=env,
     )
     assert started.returncode == 0, started.stderr + started.stdout
@@ -83,6 +90,12 @@ def test_detached_server_serves_logs_and_stops(tiny_llama_path: Path, home: Path
         assert loaded["n_ctx"] == 128  # KRONK_CTX_SIZE beat the config file's 256
         assert loaded["slots"] == 1  # --parallel beat the config file's 2
         assert loaded["expires_at"] - loaded["last_used"] == pytest.approx(600)  # config ttl
+        # 4-byte keys (the model's section) and 2-byte values (the flag) per KV element.
+        model = LlamaModel.load(tiny_llama_path)
+        k_elements, v_elements = model.kv_elements_per_token()
+        model.close()
+        per_token = loaded["slot_kv_bytes"][0] / loaded["slot_tokens"][0]
+        assert per_token == pytest.approx(4 * k_elements + 2 * v_elements)
 
         twice = kronk("start", "-d", "--port", str(free_port()), env=env)
         assert twice.returncode == 1 and "already running" in twice.stderr

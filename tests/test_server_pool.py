@@ -13,6 +13,7 @@ import pytest
 
 from kronk import Kronk
 from kronk.errors import (
+    ConfigError,
     EngineBusyError,
     EngineClosedError,
     InvalidModelFileError,
@@ -259,6 +260,29 @@ def test_progress_events_and_server_flags_over_catalog_options(tiny_llama_path: 
     assert progress and progress == sorted(progress) and progress[-1] == 1.0
     loaded = next(e for e in events if e.kind == "loaded")
     assert loaded.kronk is not None
+
+
+def test_a_models_own_settings_beat_the_servers_and_bad_ones_are_a_config_error(
+    tiny_llama_path: Path,
+) -> None:
+    resolver = resolver_for(tiny_llama_path, "a", "b", n_ctx=96, n_threads=1)
+    pool = ModelPool(
+        resolver,
+        load_defaults={"n_seq_max": 2},
+        model_options={"a": {"n_seq_max": 3}, "b": {"sampling_defaults": {"temperature": -1}}},
+    )
+
+    async def main() -> None:
+        async with pool.lease("a"):
+            (model,) = pool.loaded()
+            assert model.slots == 3  # the model's own setting beats the server's 2
+            assert model.n_ctx == 96
+        with pytest.raises(ConfigError, match=r"settings for b are invalid.*temperature"):
+            async with pool.lease("b"):
+                pass
+        await pool.close()
+
+    run(main)
 
 
 def test_stats_count_slots_in_use(tiny_llama_path: Path) -> None:

@@ -1,13 +1,17 @@
-"""Server settings precedence: defaults < config file < environment < flags."""
+"""Server settings precedence: defaults < config file < environment < flags, and the
+config file's per-model settings."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from kronk.errors import ConfigError
-from kronk.server.settings import ServerSettings, home_folder
+from kronk.llama.context import KV_CACHE_TYPES
+from kronk.pool import load_options
+from kronk.server.settings import CacheType, ServerSettings, home_folder
 
 
 def write_config(home: Path, text: str) -> None:
@@ -64,6 +68,14 @@ def test_home_comes_from_flag_then_environment(tmp_path: Path) -> None:
         ("server:\n  home: /x\n", {}, {}, "home"),
         ("server: {port: [\n", {}, {}, "not valid YAML"),
         ("", {"KRONK_LOG_LEVEL": "loud"}, {}, "KRONK_LOG_LEVEL"),
+        ("", {"KRONK_CACHE_TYPE_K": "q3_k"}, {}, "KRONK_CACHE_TYPE_K"),
+        ("", {}, {"flash_attn": "maybe"}, "--flash-attn"),
+        ("models: [a]\n", {}, {}, "'models' must map model ids"),
+        ("models:\n  qwen: 3\n", {}, {}, "models.qwen must be a mapping"),
+        ("models:\n  qwen: {cache-type-v: q3_k}\n", {}, {}, "models.qwen.cache_type_v"),
+        ("models:\n  qwen: {prallel: 2}\n", {}, {}, "models.qwen.prallel"),
+        ("models:\n  qwen: {sampling: {hotness: 1}}\n", {}, {}, "unknown sampling defaults"),
+        ("server:\n  models: {}\n", {}, {}, "'models' cannot be set in 'server'"),
     ],
 )
 def test_bad_values_name_their_source(
@@ -72,3 +84,43 @@ def test_bad_values_name_their_source(
     write_config(tmp_path, config)
     with pytest.raises(ConfigError, match=names.replace(".", r"\.").replace("[", r"\[")):
         ServerSettings.load({"home": tmp_path, **flags}, environ=environ)
+
+
+def test_kv_cache_and_per_model_settings(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        "server:\n  flash-attn: 'on'\n"
+        "models:\n"
+        "  qwen:\n"
+        "    cache-type-k: q8_0\n"
+        "    cache_type_v: q8_0\n"
+        "    ctx-size: 8192\n"
+        "    sampling: {temperature: 0.2}\n",
+    )
+    s = ServerSettings.load(
+        {"home": tmp_path, "cache_type_k": "bf16"}, environ={"KRONK_CACHE_TYPE_V": "q4_0"}
+    )
+    assert s.load_defaults() == {"cache_type_k": "bf16", "cache_type_v": "q4_0", "flash_attn": "on"}
+    assert s.model_options() == {
+        "qwen": {
+            "n_ctx": 8192,
+            "cache_type_k": "q8_0",
+            "cache_type_v": "q8_0",
+            "sampling_defaults": {"temperature": 0.2},
+        }
+    }
+
+
+def test_the_settings_know_every_kv_cache_type_llama_cpp_does() -> None:
+    assert set(get_args(CacheType)) == set(KV_CACHE_TYPES)
+
+
+def test_load_options_layer_and_merge_sampling_key_by_key() -> None:
+    catalog = {"n_ctx": 4096, "sampling_defaults": {"temperature": 0.7, "top_k": 20}}
+    server = {"n_ctx": 2048, "cache_type_k": "q8_0"}
+    model = {"sampling_defaults": {"temperature": 0.2}, "cache_type_k": "f16"}
+    assert load_options(catalog, server, model) == {
+        "n_ctx": 2048,
+        "cache_type_k": "f16",
+        "sampling_defaults": {"temperature": 0.2, "top_k": 20},
+    }

@@ -20,7 +20,14 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kronk.errors import EngineBusyError, EngineClosedError, KronkError, ModelLoadError
+from kronk.errors import (
+    ConfigError,
+    EngineBusyError,
+    EngineClosedError,
+    InvalidRequestError,
+    KronkError,
+    ModelLoadError,
+)
 from kronk.models.resolver import ModelResolver, ResolvedModel
 from kronk.sdk import Kronk
 from kronk.telemetry.tracing import span
@@ -125,6 +132,19 @@ class ModelLease:
                     loop.call_soon_threadsafe(self.release)
 
 
+def load_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Kronk(...) keyword arguments from layers of settings, later ones winning; the
+    sampling defaults merge key by key, so a user's temperature keeps the catalog's top_k."""
+    merged: dict[str, Any] = {}
+    sampling: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+        sampling.update(layer.get("sampling_defaults") or {})
+    if sampling:
+        merged["sampling_defaults"] = sampling
+    return merged
+
+
 class ModelPool:
     """Loads models on demand and shares them between requests."""
 
@@ -135,6 +155,7 @@ class ModelPool:
         models_max: int = 3,
         ttl_seconds: float | None = 300.0,
         load_defaults: Mapping[str, Any] | None = None,
+        model_options: Mapping[str, Mapping[str, Any]] | None = None,
         loader: KronkLoader = Kronk,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -143,6 +164,8 @@ class ModelPool:
         `load_defaults` are Kronk(...) keyword arguments from the server's own settings
         (n_ctx, n_seq_max, n_threads, ...); they override a catalog entry's
         `load_options`, because a flag the user typed beats a catalog's suggestion.
+        `model_options` (model id -> Kronk(...) keyword arguments) beat both for their
+        model; `sampling_defaults` merge key by key at every level.
         `loader` and `clock` exist so tests can count loads and move time."""
         if models_max < 1:
             raise ValueError("models_max must be at least 1")
@@ -150,6 +173,7 @@ class ModelPool:
         self.models_max = models_max
         self.ttl_seconds = ttl_seconds if ttl_seconds is not None and ttl_seconds >= 0 else None
         self.load_defaults = dict(load_defaults or {})
+        self.model_options = {k: dict(v) for k, v in (model_options or {}).items()}
         self._loader = loader
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
@@ -268,7 +292,11 @@ class ModelPool:
             for victim in victims:
                 log.info("unloading %s to make room for %s", victim.resolved.id, model_id)
                 await self._close_entry(victim)
-            kwargs = {**entry.resolved.load_options, **self.load_defaults}
+            kwargs = load_options(
+                entry.resolved.load_options,
+                self.load_defaults,
+                self.model_options.get(model_id, {}),
+            )
             self._emit(PoolEvent("loading", model_id))
             log.info("loading %s from %s", model_id, entry.resolved.path)
 
@@ -288,6 +316,8 @@ class ModelPool:
                     )
             except TypeError as exc:  # a load option Kronk does not take
                 raise ModelLoadError(f"bad load options for {model_id}: {exc}") from None
+            except InvalidRequestError as exc:  # the server's settings, not the request
+                raise ConfigError(f"the settings for {model_id} are invalid: {exc}") from None
         except BaseException as exc:
             if self._entries.get(model_id) is entry:
                 del self._entries[model_id]

@@ -150,6 +150,7 @@ class Kronk:
             self._defaults = parse_options(ChatOptions, sampling_defaults or {}).sampling_params(
                 SamplingParams()
             )
+            self._defaults.validate(self.model.vocab.n_tokens)  # bad defaults fail the load
             n_ctx_train = self.model.n_ctx_train
             if n_ctx_train > 0 and n_ctx > n_ctx_train:
                 log.info(

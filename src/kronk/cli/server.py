@@ -92,6 +92,24 @@ def start(
             help="Requests that may wait for a slot, per model (env: KRONK_MAX_QUEUE; default: 64)"
         ),
     ] = None,
+    cache_type_k: Annotated[
+        str | None,
+        typer.Option(
+            help="KV cache type of keys: f16, bf16, q8_0, q5_0, q5_1, q4_0, q4_1, iq4_nl "
+            "(env: KRONK_CACHE_TYPE_K; default: f16)"
+        ),
+    ] = None,
+    cache_type_v: Annotated[
+        str | None,
+        typer.Option(
+            help="KV cache type of values; a quantized one needs flash attention "
+            "(env: KRONK_CACHE_TYPE_V; default: f16)"
+        ),
+    ] = None,
+    flash_attn: Annotated[
+        str | None,
+        typer.Option(help="Flash attention: auto|on|off (env: KRONK_FLASH_ATTN; default: auto)"),
+    ] = None,
     log_level: Annotated[
         str | None,
         typer.Option(
@@ -121,6 +139,9 @@ def start(
         "ttl": ttl,
         "threads": threads,
         "max_queue": max_queue,
+        "cache_type_k": cache_type_k,
+        "cache_type_v": cache_type_v,
+        "flash_attn": flash_attn,
         "log_level": log_level.lower() if log_level else None,
         "graceful_timeout": graceful_timeout,
     }
@@ -157,6 +178,7 @@ def run_foreground(settings: ServerSettings) -> int:
         models_max=settings.models_max,
         ttl_seconds=settings.ttl,
         load_defaults=settings.load_defaults(),
+        model_options=settings.model_options(),
     )
     holder: list[Any] = []
 

@@ -14,16 +14,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kronk.errors import ConfigError
 from kronk.home import KronkHome
+from kronk.models.catalog import SAMPLING_KEYS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
 CONFIG_FILE = "config.yaml"
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+# llama.cpp's KV cache element types (kronk.llama.context.KV_CACHE_TYPES; a test keeps the
+# two in step, and this module stays free of the llama.cpp import).
+CacheType = Literal["f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "iq4_nl"]
+FlashAttention = Literal["auto", "on", "off"]
 
 # Setting name -> its environment variable.
 ENVIRONMENT: dict[str, str] = {
@@ -36,6 +41,9 @@ ENVIRONMENT: dict[str, str] = {
     "ttl": "KRONK_TTL",
     "threads": "KRONK_THREADS",
     "max_queue": "KRONK_MAX_QUEUE",
+    "cache_type_k": "KRONK_CACHE_TYPE_K",
+    "cache_type_v": "KRONK_CACHE_TYPE_V",
+    "flash_attn": "KRONK_FLASH_ATTN",
     "log_level": "KRONK_LOG_LEVEL",
     "graceful_timeout": "KRONK_GRACEFUL_TIMEOUT",
 }
@@ -44,6 +52,49 @@ ENVIRONMENT: dict[str, str] = {
 def home_folder(flag: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Path:
     """The kronk home folder: the flag, else $KRONK_HOME, else ~/.kronk."""
     return KronkHome.resolve(flag or None, environ=environ).root
+
+
+class ModelSettings(BaseModel):
+    """One model's own settings: `models: {<id>: {...}}` in the config file. They beat
+    the server-wide values and the catalog entry's, for that model only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    parallel: int | None = Field(None, ge=1, le=256)
+    ctx_size: int | None = Field(None, ge=8)
+    threads: int | None = Field(None, ge=1)
+    max_queue: int | None = Field(None, ge=0)
+    cache_type_k: CacheType | None = None
+    cache_type_v: CacheType | None = None
+    flash_attn: FlashAttention | None = None
+    batch_invariant: bool | None = None
+    # Sampling defaults (temperature, top_k, ...), over the catalog entry's, key by key.
+    sampling: dict[str, float | int] | None = None
+
+    @field_validator("sampling")
+    @classmethod
+    def _known_sampling_keys(
+        cls, value: dict[str, float | int] | None
+    ) -> dict[str, float | int] | None:
+        unknown = sorted(set(value or ()) - SAMPLING_KEYS)
+        if unknown:
+            raise ValueError(f"unknown sampling defaults {unknown}; known: {sorted(SAMPLING_KEYS)}")
+        return value
+
+    def load_options(self) -> dict[str, Any]:
+        """The Kronk(...) keyword arguments these settings set."""
+        chosen = {
+            "n_ctx": self.ctx_size,
+            "n_seq_max": self.parallel,
+            "n_threads": self.threads,
+            "max_queue": self.max_queue,
+            "cache_type_k": self.cache_type_k,
+            "cache_type_v": self.cache_type_v,
+            "flash_attn": self.flash_attn,
+            "batch_invariant": self.batch_invariant,
+            "sampling_defaults": self.sampling,
+        }
+        return {key: value for key, value in chosen.items() if value is not None}
 
 
 class ServerSettings(BaseModel):
@@ -62,8 +113,13 @@ class ServerSettings(BaseModel):
     ttl: float = 300.0  # idle seconds before unloading; 0 at once, negative never
     threads: int | None = Field(None, ge=1)
     max_queue: int | None = Field(None, ge=0)  # requests waiting for a slot, per model
+    cache_type_k: CacheType | None = None  # KV cache element types, per model
+    cache_type_v: CacheType | None = None
+    flash_attn: FlashAttention | None = None
     log_level: LogLevel = "info"
     graceful_timeout: float = Field(30.0, ge=0)  # seconds in-flight requests get to finish
+    # Per-model settings, from the config file's `models:` section only.
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
 
     # -- where things live under the home folder -------------------------------------------
 
@@ -95,13 +151,19 @@ class ServerSettings(BaseModel):
 
     def load_defaults(self) -> dict[str, Any]:
         """Kronk(...) keyword arguments the user set for every model."""
-        chosen = {
-            "n_ctx": self.ctx_size,
-            "n_seq_max": self.parallel,
-            "n_threads": self.threads,
-            "max_queue": self.max_queue,
-        }
-        return {key: value for key, value in chosen.items() if value is not None}
+        return ModelSettings(
+            parallel=self.parallel,
+            ctx_size=self.ctx_size,
+            threads=self.threads,
+            max_queue=self.max_queue,
+            cache_type_k=self.cache_type_k,
+            cache_type_v=self.cache_type_v,
+            flash_attn=self.flash_attn,
+        ).load_options()
+
+    def model_options(self) -> dict[str, dict[str, Any]]:
+        """Kronk(...) keyword arguments the user set for single models, by model id."""
+        return {model_id: m.load_options() for model_id, m in self.models.items()}
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -120,9 +182,11 @@ class ServerSettings(BaseModel):
         sources: dict[str, str] = {}
 
         config_file = home / CONFIG_FILE
-        for key, value in _read_config(config_file).items():
+        config = _read_config_file(config_file)
+        for key, value in _server_section(config_file, config).items():
             values[key] = value
             sources[key] = f"{config_file} (server.{key})"
+        models = _models_section(config_file, config)
         for key, var in ENVIRONMENT.items():
             raw = environ.get(var)
             if raw is not None and raw.strip() != "":
@@ -134,16 +198,20 @@ class ServerSettings(BaseModel):
             values[key] = value
             sources[key] = f"--{key.replace('_', '-')}"
         try:
-            return cls.model_validate({**values, "home": home})
+            return cls.model_validate({**values, "home": home, "models": models})
         except ValidationError as exc:
             err = exc.errors()[0]
-            key = str(err["loc"][0]) if err["loc"] else ""
+            loc = [str(part) for part in err["loc"]]
+            key = loc[0] if loc else ""
+            if key == "models":
+                where = f"{config_file} (models.{'.'.join(loc[1:])})"
+                raise ConfigError(f"bad model setting in {where}: {err['msg']}") from None
             where = sources.get(key, key)
             raise ConfigError(f"bad value for {key} from {where}: {err['msg']}") from None
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    """The `server:` section of the config file ({} when there is no file or section)."""
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The config file's top-level mapping ({} when there is no file)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -158,7 +226,12 @@ def _read_config(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
-    section = data.get("server")
+    return data
+
+
+def _server_section(path: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The `server:` section, keys with dashes or underscores ({} when absent)."""
+    section = config.get("server")
     if section is None:
         return {}
     if not isinstance(section, dict):
@@ -166,13 +239,36 @@ def _read_config(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for raw_key, value in section.items():
         key = str(raw_key).replace("-", "_")
-        if key == "home":
-            raise ConfigError(f"{path}: 'home' cannot be set inside the home folder's config")
+        if key in ("home", "models"):
+            where = "inside the home folder's config" if key == "home" else "in 'server'"
+            raise ConfigError(f"{path}: '{key}' cannot be set {where}")
         if key not in ServerSettings.model_fields:
-            known = ", ".join(k for k in ServerSettings.model_fields if k != "home")
+            known = ", ".join(k for k in ServerSettings.model_fields if k not in ("home", "models"))
             raise ConfigError(f"{path}: unknown server setting {raw_key!r} (known: {known})")
         out[key] = value
     return out
 
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ENVIRONMENT", "ServerSettings", "home_folder"]
+def _models_section(path: Path, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The `models:` section: model id -> its settings, keys with dashes or underscores."""
+    section = config.get("models")
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'models' must map model ids to their settings")
+    out: dict[str, dict[str, Any]] = {}
+    for model_id, settings in section.items():
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{path}: models.{model_id} must be a mapping of settings")
+        out[str(model_id)] = {str(k).replace("-", "_"): v for k, v in settings.items()}
+    return out
+
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ENVIRONMENT",
+    "ModelSettings",
+    "ServerSettings",
+    "home_folder",
+]
