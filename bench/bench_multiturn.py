@@ -30,7 +30,6 @@ from llama_tools import (
     default_model_path,
     ensure_tool,
     goal,
-    kronk_server_available,
     kronk_server_spec,
     llama_server_spec,
     log,
@@ -227,9 +226,9 @@ def main() -> int:
     parser.add_argument("--repetitions", type=int, default=3, help="runs each (default 3)")
     parser.add_argument(
         "--kronk",
-        choices=["auto", "server", "sdk"],
-        default="auto",
-        help="how to run kronk: its server, in-process, or the server when it exists",
+        choices=["server", "sdk"],
+        default="server",
+        help="how to run kronk: its server (default), or in-process through the SDK",
     )
     parser.add_argument(
         "--no-record", action="store_true", help="print results but leave RESULTS.md alone"
@@ -237,12 +236,12 @@ def main() -> int:
     args = parser.parse_args()
 
     model = args.model.resolve() if args.model else default_model_path()
-    use_server = args.kronk == "server" or (args.kronk == "auto" and kronk_server_available())
+    use_server = args.kronk == "server"
     run_kronk = run_kronk_server if use_server else run_kronk_sdk
     kronk_mode = (
         f"`kronk server start --parallel 1 --ctx-size {CTX}`"
         if use_server
-        else "in-process SDK (`Kronk.chat_stream`; no server yet)"
+        else "in-process SDK (`Kronk.chat_stream`)"
     )
     watch = CpuWatch()
     llama_runs, kronk_runs = [], []

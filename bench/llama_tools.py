@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import os
 import platform
 import re
@@ -201,10 +200,6 @@ def llama_server_spec(
         *extra,
     ]
     return ServerSpec("llama-server", command, port, "/health", model.stem)
-
-
-def kronk_server_available() -> bool:
-    return importlib.util.find_spec("kronk.cli.server") is not None
 
 
 def kronk_server_spec(model: Path, *, parallel: int, ctx_per_slot: int, threads: int) -> ServerSpec:

@@ -55,6 +55,7 @@ from kronk.models.download import DownloadProgress
 from kronk.sdk import Kronk
 from kronk.types import ChoiceDelta
 from support.file_server import FileServer
+from support.killed_writer import abandoned_temp
 from support.live_server import live_server
 from test_convert_bert import write_tiny_folder
 from test_pypi_chunks import VERSION, build_chunk_wheel
@@ -637,6 +638,7 @@ def test_index_rebuilds_from_disk_and_reports_what_it_dropped(
     junk.mkdir()
     (junk / "notes.txt").write_text("no model here")
     (home / "models" / "tiny" / "other.gguf.partial").write_bytes(b"half")
+    killed_copy = abandoned_temp(home / "models" / "tiny" / "tiny.gguf")
 
     result = kronk("model", "index", home=home)
     report = json_of(kronk("model", "index", "--json", home=home))
@@ -647,6 +649,8 @@ def test_index_rebuilds_from_disk_and_reports_what_it_dropped(
     assert report["models"] == ["tiny"]
     assert report["dropped"] == [{"folder": "junk", "reason": "no .gguf file"}]
     assert [Path(p).name for p in report["ignored"]] == ["other.gguf.partial"]
+    assert "deleted 1 temporary file(s)" in result.stdout and not killed_copy.exists()
+    assert report["removed"] == []  # the first run deleted it
 
 
 # -- ps --------------------------------------------------------------------------------------

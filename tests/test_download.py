@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,6 +269,35 @@ def test_one_failing_file_fails_the_batch(server: FileServer, tmp_path: Path) ->
         downloader.download_all(files)
 
     assert not (tmp_path / "missing.gguf").exists()
+
+
+def test_ctrl_c_stops_parallel_downloads_stalled_on_a_silent_server(
+    server: FileServer, tmp_path: Path
+) -> None:
+    # Each response sends its headers, then goes silent; the read timeout is far away.
+    files = [
+        RemoteFile(server.add(f"/f{i}.gguf", DATA, pause_after=0), tmp_path / f"f{i}.gguf")
+        for i in range(2)
+    ]
+    main_thread = threading.main_thread().ident or 0
+
+    def ctrl_c_once_both_are_stalled() -> None:
+        if server.wait_paused(2):  # Ctrl-C reaches the main thread, as in a terminal
+            signal.pthread_kill(main_thread, signal.SIGINT)
+
+    typist = threading.Thread(target=ctrl_c_once_both_are_stalled)
+    typist.start()
+    with (
+        Downloader(max_parallel=2, retries=0, timeout=600) as downloader,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        downloader.download_all(files)
+    typist.join()
+
+    # Both workers gave up while the server still held its pause (it sends the rest once
+    # released, or after 30 s): they waited neither for the server nor the read timeout.
+    assert server.bytes_sent() == 0
+    assert not any(f.dest.exists() or partial_path(f.dest).exists() for f in files)
 
 
 def test_two_downloads_of_one_file_do_not_interleave(server: FileServer, tmp_path: Path) -> None:

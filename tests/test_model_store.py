@@ -32,6 +32,7 @@ from kronk.errors import (
 from kronk.home import KronkHome
 from kronk.models.catalog import Catalog, parse_catalog
 from kronk.models.download import DownloadProgress
+from kronk.models.files import temp_path_for
 from kronk.models.names import (
     check_file_name,
     check_model_id,
@@ -41,6 +42,7 @@ from kronk.models.names import (
 from kronk.models.resolver import ResolvedModel
 from kronk.models.store import ModelStore, require_capability
 from support.file_server import FileServer
+from support.killed_writer import abandoned_temp
 from test_convert_bert import write_tiny_folder
 from test_pypi_chunks import VERSION, build_chunk_wheel
 
@@ -577,6 +579,27 @@ def test_import_converts_a_sentence_transformers_folder(home: KronkHome, tmp_pat
     assert model.id == "my-embedder" and model.path.name == "my-embedder.gguf"
     assert model.path.read_bytes()[:4] == b"GGUF"
     assert files_under(home.models_dir) == ["my-embedder/my-embedder.gguf"]
+
+
+def test_temp_files_of_killed_writers_are_deleted_and_a_live_writers_are_kept(
+    home: KronkHome, tiny_llama_path: Path
+) -> None:
+    store = make_store(home)
+    dest = home.models_dir / "tiny-llama" / "tiny-llama.gguf"
+    dest.parent.mkdir(parents=True)
+    killed_import = abandoned_temp(dest)
+    being_written = temp_path_for(dest)  # this process's own: its writer is alive
+    being_written.write_bytes(b"in progress")
+
+    store.import_path(tiny_llama_path)  # cleans the folder it imports into
+
+    assert not killed_import.exists() and being_written.exists()
+    killed_index_write = abandoned_temp(home.models_dir / ".index.yaml")
+    killed_again = abandoned_temp(dest)
+    report = store.rebuild_index()
+    assert report.removed == (killed_index_write, killed_again)
+    assert being_written in report.ignored and being_written.exists()
+    assert [m.id for m in report.models] == ["tiny-llama"]
 
 
 def test_importing_the_default_model_gives_it_its_catalog_id(

@@ -86,6 +86,15 @@ def test_bad_values_name_their_source(
         ServerSettings.load({"home": tmp_path, **flags}, environ=environ)
 
 
+def test_a_yaml_error_is_one_line_that_says_where(tmp_path: Path) -> None:
+    write_config(tmp_path, "server:\n  port: 1\n bad: 2\n")
+    with pytest.raises(ConfigError) as caught:
+        ServerSettings.load({"home": tmp_path}, environ={})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path / 'config.yaml'} is not valid YAML (line 3, column 2: ")
+
+
 def test_kv_cache_and_per_model_settings(tmp_path: Path) -> None:
     write_config(
         tmp_path,

@@ -65,6 +65,8 @@ class FileServer:
         self._lock = threading.Lock()
         self.requests: list[Request] = []
         self.paused = threading.Event()  # set when a response reached `pause_after`
+        self._pauses = 0  # responses that reached `pause_after`
+        self._paused_changed = threading.Condition()
         self._release = threading.Event()
         self._httpd = _QuietServer((host, 0), _make_handler(self))
         self._httpd.daemon_threads = True
@@ -89,6 +91,13 @@ class FileServer:
         """Replace the behaviour of `path` (counters restart)."""
         with self._lock:
             self._files[path] = _File(self._files[path].data, Behaviour(**behaviour))
+
+    def wait_paused(self, responses: int) -> bool:
+        """Wait until `responses` responses are held at `pause_after`; False on timeout."""
+        with self._paused_changed:
+            return self._paused_changed.wait_for(
+                lambda: self._pauses >= responses, timeout=HANDLER_WAIT_S
+            )
 
     def release(self) -> None:
         """Let paused responses continue."""
@@ -214,6 +223,9 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 if b.pause_after is not None and sent == b.pause_after:
                     self.wfile.flush()
                     server.paused.set()
+                    with server._paused_changed:
+                        server._pauses += 1
+                        server._paused_changed.notify_all()
                     server._release.wait(timeout=HANDLER_WAIT_S)
                 piece_end = min(limit, sent + _WRITE_PIECE)
                 if b.pause_after is not None and sent < b.pause_after < piece_end:

@@ -357,6 +357,7 @@ def index(json_output: JsonOption = False, home: HomeOption = None) -> None:
                 "models": [e.id for e in report.models],
                 "dropped": [{"folder": f, "reason": why} for f, why in report.dropped],
                 "ignored": [str(p) for p in report.ignored],
+                "removed": [str(p) for p in report.removed],
             }
         )
         return
@@ -372,6 +373,11 @@ def index(json_output: JsonOption = False, home: HomeOption = None) -> None:
         console.print(
             f"  ignored {len(report.ignored)} partial or temporary file(s) "
             "(an unfinished pull resumes from them)"
+        )
+    if report.removed:
+        console.print(
+            f"  deleted {len(report.removed)} temporary file(s) left by an import or "
+            "conversion that was killed"
         )
 
 

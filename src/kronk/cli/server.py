@@ -256,7 +256,7 @@ def _start_detached(settings: ServerSettings, flags: dict[str, Any]) -> int:
     for name, value in {**flags, "home": settings.home}.items():
         if value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    settings.paths.logs_dir.mkdir(parents=True, exist_ok=True)
     with settings.log_file.open("ab") as log_file:
         child = subprocess.Popen(
             argv,
@@ -428,7 +428,7 @@ def _tail(path: Path, count: int) -> tuple[list[str], int]:
 def _address_file(settings: ServerSettings) -> Path:
     """Where a running server says which address it listens on (flags may differ from
     what a later `status` would compute from the config)."""
-    return settings.run_dir / "server.json"
+    return settings.paths.run_dir / "server.json"
 
 
 def _running_url(settings: ServerSettings, pid: int) -> str:

@@ -359,7 +359,7 @@ def parse_catalog(data: bytes | str, origin: str) -> CatalogFile:
     try:
         raw = yaml.safe_load(data)
     except yaml.YAMLError as exc:
-        raise CatalogError(f"catalog {origin} is not valid YAML ({_yaml_problem(exc)})") from None
+        raise CatalogError(f"catalog {origin} is not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
         raise CatalogError(f"catalog {origin} must be a mapping with a 'models' list")
     try:
@@ -552,7 +552,7 @@ def _read_local(path: Path) -> bytes:
         raise CatalogError(f"could not read catalog {path}: {exc.strerror or exc}") from None
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
+def yaml_problem(exc: yaml.YAMLError) -> str:
     """PyYAML's error on one line: where, and what (its own message spans several)."""
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

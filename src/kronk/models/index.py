@@ -7,9 +7,10 @@ place and checked, so an interrupted download never shows up as present.
 
 The index is a cache of what the disk says, never the other way round: `rebuild()`
 derives it from the folders (hashing every file against the index's earlier record or
-the catalog; `.partial` downloads and hidden temp files are never models), and `verify()`
-re-hashes and drops what no longer matches. It is written atomically under a lock, so
-concurrent kronk processes cannot lose each other's updates or see a half-written file.
+the catalog; `.partial` downloads and hidden temp files are never models; temp files
+whose writer was killed are deleted), and `verify()` re-hashes and drops what no longer
+matches. It is written atomically under a lock, so concurrent kronk processes cannot lose
+each other's updates or see a half-written file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from kronk.errors import InvalidModelFileError, KronkError, ModelNotFoundError
 from kronk.home import INDEX_FILE_NAME
 from kronk.models.catalog import Catalog
-from kronk.models.files import atomic_write_bytes, locked, sha256_file
+from kronk.models.files import atomic_write_bytes, locked, remove_abandoned_temps, sha256_file
 from kronk.models.names import PARTIAL_SUFFIX, check_file_name, check_model_id, is_safe_name
 
 INDEX_SCHEMA = 1
@@ -106,6 +107,7 @@ class RebuildReport:
     models: tuple[IndexEntry, ...]
     dropped: tuple[tuple[str, str], ...]  # (folder, why it is not a model)
     ignored: tuple[Path, ...] = field(default_factory=tuple)  # partial downloads, temp files
+    removed: tuple[Path, ...] = field(default_factory=tuple)  # temp files of killed writers
 
 
 def utc_now() -> dt.datetime:
@@ -180,6 +182,7 @@ class ModelIndex:
             models: list[IndexEntry] = []
             dropped: list[tuple[str, str]] = []
             ignored: list[Path] = []
+            removed = remove_abandoned_temps(self.models_dir)
             folders = sorted(self.models_dir.iterdir()) if self.models_dir.is_dir() else []
             for folder in folders:
                 if folder.name.startswith(".") or not folder.is_dir():
@@ -187,6 +190,7 @@ class ModelIndex:
                 if not is_safe_name(folder.name):
                     dropped.append((folder.name, "not a valid model id"))
                     continue
+                removed.extend(remove_abandoned_temps(folder))
                 ignored.extend(
                     p
                     for p in sorted(folder.iterdir())
@@ -200,7 +204,7 @@ class ModelIndex:
                 else:
                     dropped.append((folder.name, problem or "no model files"))
             self._write(models)
-        return RebuildReport(tuple(models), tuple(dropped), tuple(ignored))
+        return RebuildReport(tuple(models), tuple(dropped), tuple(ignored), tuple(removed))
 
     def verify(
         self,

@@ -57,7 +57,7 @@ from kronk.models.download import (
     ProgressMeter,
     RemoteFile,
 )
-from kronk.models.files import fsync_dir, sha256_file, temp_path_for
+from kronk.models.files import fsync_dir, remove_abandoned_temps, sha256_file, temp_path_for
 from kronk.models.index import (
     HashProgress,
     IndexedFile,
@@ -303,6 +303,7 @@ class ModelStore:
             return existing
         dest = self.home.models_dir / new_id / file_name
         dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_temps(dest.parent)  # an earlier import that was killed mid-copy
         temp = temp_path_for(dest)
         try:
             # A copy is what gets indexed, so hash the copy; a hard link is the same file.
@@ -533,6 +534,7 @@ class ModelStore:
         from kronk.models.convert_bert import convert_sentence_transformers
 
         dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_temps(dest.parent)  # an earlier conversion that was killed
         # Convert under a hidden name: rebuild never mistakes it for a model, and the real
         # name appears only once the result has been checked.
         temp = temp_path_for(dest)

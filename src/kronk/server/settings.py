@@ -18,11 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kronk.errors import ConfigError
 from kronk.home import KronkHome
-from kronk.models.catalog import SAMPLING_KEYS
+from kronk.models.catalog import SAMPLING_KEYS, yaml_problem
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
-CONFIG_FILE = "config.yaml"
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 # llama.cpp's KV cache element types (kronk.llama.context.KV_CACHE_TYPES; a test keeps the
@@ -121,27 +120,19 @@ class ServerSettings(BaseModel):
     # Per-model settings, from the config file's `models:` section only.
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 
-    # -- where things live under the home folder -------------------------------------------
+    # -- where its files live (KronkHome owns the layout of the home folder) ----------------
 
     @property
-    def config_file(self) -> Path:
-        return self.home / CONFIG_FILE
-
-    @property
-    def run_dir(self) -> Path:
-        return self.home / "run"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.home / "logs"
+    def paths(self) -> KronkHome:
+        return KronkHome.resolve(self.home)
 
     @property
     def pid_file(self) -> Path:
-        return self.run_dir / "server.pid"
+        return self.paths.run_dir / "server.pid"
 
     @property
     def log_file(self) -> Path:
-        return self.logs_dir / "server.log"
+        return self.paths.logs_dir / "server.log"
 
     @property
     def base_url(self) -> str:
@@ -181,7 +172,7 @@ class ServerSettings(BaseModel):
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
 
-        config_file = home / CONFIG_FILE
+        config_file = KronkHome.resolve(home).config_file
         config = _read_config_file(config_file)
         for key, value in _server_section(config_file, config).items():
             values[key] = value
@@ -221,7 +212,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path} is not valid YAML ({yaml_problem(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
