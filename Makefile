@@ -111,6 +111,7 @@ bench: install model ## all benchmarks vs llama.cpp -> bench/RESULTS.md (~30 min
 	$(BENCH_PYTHON) bench/bench_multiturn.py
 	$(BENCH_PYTHON) bench/bench_overhead.py
 	$(BENCH_PYTHON) bench/bench_kv_cache_types.py
+	$(BENCH_PYTHON) bench/bench_server_threads.py
 
 run: install ## provision the default model and serve it at http://$(KRONK_HOST):$(KRONK_PORT)/v1
 	$(BIN)/kronk model pull $(KRONK_DEFAULT_MODEL)

@@ -74,6 +74,8 @@ other processes took while it ran. Benchmarks are not part of `make test`.
 - **overhead** (`bench/bench_overhead.py`): the engine's Python time per decode step as a
   share of the step, at 1, 4 and 8 streams, with `llama-batched-bench` generation speed.
 - **kv_cache_types** (`bench/bench_kv_cache_types.py`): KV cache memory against quality.
+- **server_threads** (`bench/bench_server_threads.py`): a kronk server's CPU per thread
+  while 8 clients stream: llama.cpp's compute threads against everything else.
 """
 
 
