@@ -10,20 +10,15 @@ tokens match the f16 cache's output. It writes a section of bench/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json.decoder
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
 from kronk.llama import Batch, ContextParams, LlamaContext, LlamaModel, SamplerChain, SamplingParams
-
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_single_stream import default_model_path, update_results
+from llama_tools import bench_arguments, chosen_model, publish
 
 # (K type, V type): every type for both, then V-only quantization (K is the sensitive half).
 TYPES = [(t, t) for t in ("f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "iq4_nl")] + [
@@ -81,12 +76,8 @@ def greedy(ctx: LlamaContext, model: LlamaModel, n: int) -> list[int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-record", action="store_true")
-    args = parser.parse_args()
-    path = args.model or default_model_path()
+    args = bench_arguments(__doc__).parse_args()
+    path = chosen_model(args)
     model = LlamaModel.load(path)
     text_tokens = model.vocab.tokenize(inspect.getsource(json.decoder))
     rows = []
@@ -135,8 +126,7 @@ def main() -> int:
             f"| {kv_type} | {per_token:.0f} | {per_token / base[1]:.2f}× | {ppl:.4f} | "
             f"{(ppl / base[2] - 1) * 100:+.2f}% | {same} |"
         )
-    if not args.no_record:
-        update_results("\n".join(lines) + "\n")
+    publish("\n".join(lines) + "\n", args)
     return 0
 
 

@@ -16,7 +16,6 @@ the SDK's `chat_stream()`; the section says so.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,16 +26,17 @@ from typing import Any
 from llama_tools import (
     CpuWatch,
     Measurement,
-    default_model_path,
+    bench_arguments,
+    chosen_model,
     ensure_tool,
     goal,
     kronk_server_spec,
     llama_server_spec,
     log,
+    publish,
     ratio,
     run_tool,
     section_preamble,
-    update_results,
 )
 from stream_client import SdkTarget, StreamResult, Target, measure, served
 
@@ -220,9 +220,7 @@ def format_report(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="GGUF model (default: the default model)")
-    parser.add_argument("--threads", type=int, default=2, help="threads for all (default 2)")
+    parser = bench_arguments(__doc__)
     parser.add_argument("--repetitions", type=int, default=3, help="runs each (default 3)")
     parser.add_argument(
         "--kronk",
@@ -230,12 +228,9 @@ def main() -> int:
         default="server",
         help="how to run kronk: its server (default), or in-process through the SDK",
     )
-    parser.add_argument(
-        "--no-record", action="store_true", help="print results but leave RESULTS.md alone"
-    )
     args = parser.parse_args()
 
-    model = args.model.resolve() if args.model else default_model_path()
+    model = chosen_model(args)
     use_server = args.kronk == "server"
     run_kronk = run_kronk_server if use_server else run_kronk_sdk
     kronk_mode = (
@@ -256,10 +251,7 @@ def main() -> int:
     section = format_report(
         model, args.threads, watch, kronk_mode, Summary(llama_runs), Summary(kronk_runs), floor
     )
-    print(section)
-    if not args.no_record:
-        update_results(section)
-        log("recorded in bench/RESULTS.md")
+    publish(section, args)
     return 0
 
 

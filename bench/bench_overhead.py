@@ -13,7 +13,6 @@ ratio says how much of it kronk keeps.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -25,13 +24,14 @@ from typing import TYPE_CHECKING
 from llama_tools import (
     CpuWatch,
     Measurement,
-    default_model_path,
+    bench_arguments,
+    chosen_model,
     ensure_tool,
     log,
+    publish,
     ratio,
     run_tool,
     section_preamble,
-    update_results,
 )
 from stream_client import SdkTarget, StreamResult, measure
 
@@ -194,26 +194,18 @@ def format_report(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="GGUF model (default: the default model)")
-    parser.add_argument("--threads", type=int, default=2, help="threads for all (default 2)")
+    parser = bench_arguments(__doc__)
     parser.add_argument("--repetitions", type=int, default=3, help="runs each (default 3)")
-    parser.add_argument(
-        "--no-record", action="store_true", help="print results but leave RESULTS.md alone"
-    )
     args = parser.parse_args()
 
-    model = args.model.resolve() if args.model else default_model_path()
+    model = chosen_model(args)
     watch = CpuWatch()
     log(f"llama-batched-bench x{args.repetitions}")
     llama = run_batched_bench(model, args.threads, args.repetitions)
     log("kronk streams")
     kronk = run_kronk(model, args.threads, args.repetitions)
     section = format_report(model, args.threads, watch, kronk, llama)
-    print(section)
-    if not args.no_record:
-        update_results(section)
-        log("recorded in bench/RESULTS.md")
+    publish(section, args)
     return 0
 
 

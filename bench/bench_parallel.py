@@ -17,7 +17,6 @@ the SDK with the same 8-thread client pattern; the section says so.
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
 import statistics
@@ -31,17 +30,18 @@ from pathlib import Path
 from llama_tools import (
     CpuWatch,
     Measurement,
-    default_model_path,
+    bench_arguments,
+    chosen_model,
     ensure_tool,
     goal,
     kronk_server_spec,
     llama_server_spec,
     log,
     percentile,
+    publish,
     ratio,
     run_tool,
     section_preamble,
-    update_results,
 )
 from stream_client import SdkTarget, StreamResult, Target, measure, served
 
@@ -381,9 +381,7 @@ def format_report(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="GGUF model (default: the default model)")
-    parser.add_argument("--threads", type=int, default=2, help="threads for all (default 2)")
+    parser = bench_arguments(__doc__)
     parser.add_argument("--repetitions", type=int, default=3, help="runs each (default 3)")
     parser.add_argument("--requests", type=int, default=REQUESTS, help="default 128")
     parser.add_argument(
@@ -393,12 +391,9 @@ def main() -> int:
         help="how to run kronk: its server (default), or in-process through the SDK",
     )
     parser.add_argument("--skip-llama-parallel", action="store_true")
-    parser.add_argument(
-        "--no-record", action="store_true", help="print results but leave RESULTS.md alone"
-    )
     args = parser.parse_args()
 
-    model = args.model.resolve() if args.model else default_model_path()
+    model = chosen_model(args)
     prompts = build_prompts(args.requests)
     use_server = args.kronk == "server"
     run_kronk = run_kronk_server if use_server else run_kronk_sdk
@@ -433,10 +428,7 @@ def main() -> int:
         kronk_runs,
         reference,
     )
-    print(section)
-    if not args.no_record:
-        update_results(section)
-        log("recorded in bench/RESULTS.md")
+    publish(section, args)
     return 0
 
 

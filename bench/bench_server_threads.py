@@ -13,7 +13,6 @@ so its share per streamed token is the server's cost on top of llama.cpp. Linux 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -23,12 +22,13 @@ from pathlib import Path
 
 from llama_tools import (
     CpuWatch,
+    bench_arguments,
     cache_dir,
-    default_model_path,
+    chosen_model,
     kronk_server_spec,
     log,
+    publish,
     section_preamble,
-    update_results,
 )
 from stream_client import HttpTarget, StreamResult, measure, served
 
@@ -127,26 +127,18 @@ def format_report(model: Path, threads: int, watch: CpuWatch, usage: Usage) -> s
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="GGUF model (default: the default model)")
-    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (default 2)")
+    parser = bench_arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of 8 streams (default 3)")
-    parser.add_argument(
-        "--no-record", action="store_true", help="print results but leave RESULTS.md alone"
-    )
     args = parser.parse_args()
     if not Path("/proc/self/task").is_dir():
         raise SystemExit("needs Linux's /proc")
 
-    model = args.model.resolve() if args.model else default_model_path()
+    model = chosen_model(args)
     watch = CpuWatch()
     log(f"kronk server: {args.rounds} rounds of {STREAMS} streams")
     usage = measure_server(model, args.threads, args.rounds)
     section = format_report(model, args.threads, watch, usage)
-    print(section)
-    if not args.no_record:
-        update_results(section)
-        log("recorded in bench/RESULTS.md")
+    publish(section, args)
     return 0
 
 

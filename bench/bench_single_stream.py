@@ -16,7 +16,6 @@ Not part of `make test`: it takes minutes and measures, it does not check.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,21 +24,19 @@ from llama_tools import (
     CpuWatch,
     Measurement,
     ServerSpec,
-    default_model_path,
+    bench_arguments,
+    chosen_model,
     ensure_tool,
     goal,
     kronk_server_spec,
     llama_server_spec,
     log,
+    publish,
     ratio,
     run_tool,
     section_preamble,
-    update_results,
 )
 from stream_client import measure, served
-
-# Re-exported: bench_kv_cache_types.py imports these from here.
-__all__ = ["default_model_path", "update_results"]
 
 N_GEN = 128
 PROMPT = "Write a long story about a dragon."
@@ -144,19 +141,14 @@ def format_report(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="GGUF model (default: the default model)")
-    parser.add_argument("--threads", type=int, default=2, help="threads for all (default 2)")
+    parser = bench_arguments(__doc__)
     parser.add_argument(
         "--repetitions", type=int, default=3, help="timed runs each, per round (default 3)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
-    parser.add_argument(
-        "--no-record", action="store_true", help="print results but leave RESULTS.md alone"
-    )
     args = parser.parse_args()
 
-    model = args.model.resolve() if args.model else default_model_path()
+    model = chosen_model(args)
     watch = CpuWatch()
     samples: dict[str, list[float]] = {name: [] for name in SIDES}
     # Rounds alternate the four sides, so a slow spell of a shared machine hits all of
@@ -187,10 +179,7 @@ def main() -> int:
             ("llama-server", llama_server, "kronk server", kronk_server),
         ],
     )
-    print(section)
-    if not args.no_record:
-        update_results(section)
-        log("recorded in bench/RESULTS.md")
+    publish(section, args)
     return 0
 
 

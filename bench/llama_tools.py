@@ -389,6 +389,31 @@ def section_preamble(name: str, model: Path, threads: int, watch: CpuWatch) -> l
     ]
 
 
+def bench_arguments(doc: str) -> argparse.ArgumentParser:
+    """A parser with what every benchmark takes: --model, --threads and --no-record.
+    `doc` is the script's docstring; its first paragraph becomes the description."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="GGUF model (default: the default model)")
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads (default 2)")
+    parser.add_argument(
+        "--no-record", action="store_true", help="print results but leave RESULTS.md alone"
+    )
+    return parser
+
+
+def chosen_model(args: argparse.Namespace) -> Path:
+    """The --model given, else the default model."""
+    return Path(args.model).resolve() if args.model else default_model_path()
+
+
+def publish(section: str, args: argparse.Namespace) -> None:
+    """Print a results section and record it in RESULTS.md unless --no-record."""
+    print(section)
+    if not args.no_record:
+        update_results(section)
+        log("recorded in bench/RESULTS.md")
+
+
 def update_results(section: str, results_file: Path = RESULTS_FILE) -> None:
     """Replace the section (named by its `## name` heading) in RESULTS.md, or append it.
 
