@@ -303,7 +303,10 @@ class Downloader:
                 partial.unlink(missing_ok=True)
                 return DownloadResult(dest, dest.stat().st_size, file.sha256, 0, 0)
             try:
-                return self._download_locked(file, out, partial, progress, cancel)
+                # A lone download gets a cancellation nobody sets: one code path for both.
+                return self._download_locked(
+                    file, out, partial, progress, cancel if cancel is not None else Cancellation()
+                )
             except BaseException:
                 _remove_if_empty(partial, out)
                 raise
@@ -314,7 +317,7 @@ class Downloader:
         out: io.FileIO,
         partial: Path,
         progress: ProgressCallback | None,
-        cancel: Cancellation | None,
+        cancel: Cancellation,
     ) -> DownloadResult:
         meter = ProgressMeter(file.dest.name, file.size, progress)
         attempt = restarts = 0
@@ -334,10 +337,8 @@ class Downloader:
                     raise retry.error from None
                 attempt += 1
                 wait_for = self.retry_backoff * 2 ** (attempt - 1)
-                if cancel is not None and cancel.wait(wait_for):
+                if cancel.wait(wait_for):
                     raise _cancelled(file) from None
-                if cancel is None and wait_for > 0:
-                    time.sleep(wait_for)
 
     def _attempt(
         self,
@@ -345,7 +346,7 @@ class Downloader:
         out: io.FileIO,
         partial: Path,
         meter: ProgressMeter,
-        cancel: Cancellation | None,
+        cancel: Cancellation,
     ) -> DownloadResult:
         offset = os.fstat(out.fileno()).st_size
         if file.size is not None and offset > file.size:
@@ -369,7 +370,7 @@ class Downloader:
         try:
             with (
                 self._client.stream("GET", file.url, headers=headers) as response,
-                cancel.watching(response) if cancel is not None else contextlib.nullcontext(),
+                cancel.watching(response),
             ):
                 start, total = self._check_response(file, response, offset, partial)
                 if start != offset:  # the server sends the whole file: start over
@@ -382,7 +383,7 @@ class Downloader:
                 # No chunk_size: httpx would hold bytes back until a chunk fills, and a
                 # dropped connection would lose them instead of leaving them to resume.
                 for chunk in response.iter_raw():
-                    if cancel is not None and cancel.is_set():
+                    if cancel.is_set():
                         raise _cancelled(file)
                     out.write(chunk)
                     hasher.update(chunk)
@@ -394,10 +395,10 @@ class Downloader:
                             f"{total} bytes, the server sent more; the download was deleted"
                         )
                     meter.update(done, fetched_delta=len(chunk))
-                if cancel is not None and cancel.is_set():  # its socket was shut mid-body
+                if cancel.is_set():  # its socket was shut mid-body
                     raise _cancelled(file)
         except httpx.TransportError as exc:
-            if cancel is not None and cancel.is_set():  # the cancel shut its socket
+            if cancel.is_set():  # the cancel shut its socket
                 raise _cancelled(file) from None
             error = _connection_error(file, exc, done, total, partial)
             if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
