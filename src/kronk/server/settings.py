@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -28,6 +28,11 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 # two in step, and this module stays free of the llama.cpp import).
 CacheType = Literal["f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "iq4_nl"]
 FlashAttention = Literal["auto", "on", "off"]
+# Settings a model's own section and the server-wide ones share, with one set of bounds.
+Parallel = Annotated[int | None, Field(ge=1, le=256)]  # slots per model
+CtxSize = Annotated[int | None, Field(ge=8)]  # context window per slot
+Threads = Annotated[int | None, Field(ge=1)]
+MaxQueue = Annotated[int | None, Field(ge=0)]  # requests waiting for a slot, per model
 
 # Setting name -> its environment variable.
 ENVIRONMENT: dict[str, str] = {
@@ -59,10 +64,10 @@ class ModelSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    parallel: int | None = Field(None, ge=1, le=256)
-    ctx_size: int | None = Field(None, ge=8)
-    threads: int | None = Field(None, ge=1)
-    max_queue: int | None = Field(None, ge=0)
+    parallel: Parallel = None
+    ctx_size: CtxSize = None
+    threads: Threads = None
+    max_queue: MaxQueue = None
     cache_type_k: CacheType | None = None
     cache_type_v: CacheType | None = None
     flash_attn: FlashAttention | None = None
@@ -106,12 +111,12 @@ class ServerSettings(BaseModel):
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     home: Path = Field(default_factory=home_folder)
     model: str | None = None  # preload this one (a model id, or a path to a GGUF file)
-    parallel: int | None = Field(None, ge=1, le=256)  # slots per model
-    ctx_size: int | None = Field(None, ge=8)  # context window per slot
+    parallel: Parallel = None
+    ctx_size: CtxSize = None
     models_max: int = Field(3, ge=1)
     ttl: float = 300.0  # idle seconds before unloading; 0 at once, negative never
-    threads: int | None = Field(None, ge=1)
-    max_queue: int | None = Field(None, ge=0)  # requests waiting for a slot, per model
+    threads: Threads = None
+    max_queue: MaxQueue = None
     cache_type_k: CacheType | None = None  # KV cache element types, per model
     cache_type_v: CacheType | None = None
     flash_attn: FlashAttention | None = None
