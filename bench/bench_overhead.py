@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +32,7 @@ from llama_tools import (
     run_tool,
     section_preamble,
 )
-from stream_client import SdkTarget, StreamResult, measure
+from stream_client import SdkTarget, stream_stories
 
 if TYPE_CHECKING:
     from kronk import Kronk
@@ -69,30 +68,9 @@ class StepTimes:
 
 def run_streams(kronk: Kronk, streams: int) -> StepTimes:
     """`streams` threads, one 128-token completion each, all at once."""
-    target = SdkTarget(kronk)
-    results: list[StreamResult | None] = [None] * streams
-    start_together = threading.Barrier(streams)
-
-    def client(index: int) -> None:
-        payload = {
-            "prompt": f"Write a long story about dragon number {index}.",
-            "max_tokens": N_GEN,
-            "temperature": 0,
-            "ignore_eos": True,
-        }
-        start_together.wait()
-        results[index] = measure(target, "completions", payload)
-
     before = kronk.stats()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    done = stream_stories(SdkTarget(kronk), streams, max_tokens=N_GEN)
     after = kronk.stats()
-    done = [r for r in results if r is not None]
-    if len(done) != streams:
-        raise SystemExit("a stream failed")
     first = min(r.started + r.ttft for r in done)
     last = max(r.started + r.ttft + r.first_to_last for r in done)
     return StepTimes(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from llama_tools import (
     publish,
     section_preamble,
 )
-from stream_client import HttpTarget, StreamResult, measure, served
+from stream_client import HttpTarget, served, stream_stories
 
 STREAMS = 8
 N_GEN = 128
@@ -61,32 +60,13 @@ class Usage:
 
 def stream_rounds(target: HttpTarget, rounds: int) -> int:
     """`rounds` rounds of STREAMS concurrent completions; returns the tokens streamed."""
-    results: list[StreamResult] = []
-    lock = threading.Lock()
-
-    def client(index: int) -> None:
-        payload = {
-            "prompt": f"Write a long story about dragon number {index}.",
-            "max_tokens": N_GEN,
-            "temperature": 0,
-            "ignore_eos": True,
-        }
-        result = measure(target, "completions", payload)
-        with lock:
-            results.append(result)
-
-    for round_index in range(rounds):
-        threads = [
-            threading.Thread(target=client, args=(round_index * STREAMS + i,))
-            for i in range(STREAMS)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    if len(results) != rounds * STREAMS:
-        raise SystemExit("a stream failed; see the server log in the cache folder")
-    return sum(r.completion_tokens for r in results)
+    return sum(
+        r.completion_tokens
+        for round_index in range(rounds)
+        for r in stream_stories(
+            target, STREAMS, first_index=round_index * STREAMS, max_tokens=N_GEN
+        )
+    )
 
 
 def measure_server(model: Path, threads: int, rounds: int) -> Usage:

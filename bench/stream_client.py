@@ -175,6 +175,35 @@ def measure(target: Target, endpoint: Endpoint, payload: dict[str, Any]) -> Stre
     )
 
 
+def stream_stories(
+    target: Target, streams: int, *, first_index: int = 0, max_tokens: int = 128
+) -> list[StreamResult]:
+    """`streams` threads, started together, each streaming one greedy story completion of
+    `max_tokens` tokens (EOS ignored); the results in thread order. Raises if one failed."""
+    results: list[StreamResult | None] = [None] * streams
+    start_together = threading.Barrier(streams)
+
+    def client(slot: int) -> None:
+        payload = {
+            "prompt": f"Write a long story about dragon number {first_index + slot}.",
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        start_together.wait()
+        results[slot] = measure(target, "completions", payload)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done = [r for r in results if r is not None]
+    if len(done) != streams:
+        raise SystemExit(f"a stream to {target.name} failed")
+    return done
+
+
 def _chunk_text(chunk: dict[str, Any]) -> str:
     choices = chunk.get("choices") or []
     if not choices:
