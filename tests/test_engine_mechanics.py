@@ -564,7 +564,7 @@ def test_engine_errors_reach_the_event_sink_and_close_fails_queued_work(
 
     def sink(event: object) -> None:
         events.append(event)
-        if not isinstance(event, TextDelta):
+        if isinstance(event, Finished | Failed):
             done.set()
 
     running = k.complete_stream("a", max_tokens=200, ignore_eos=True)
@@ -647,7 +647,7 @@ def test_control_tokens_render_only_when_the_request_asks(tiny: Kronk) -> None:
 
         def sink(event: object) -> None:
             events.append(event)
-            if not isinstance(event, TextDelta):
+            if isinstance(event, Finished | Failed):
                 done.set()
 
         tiny.engine.submit(Request([1, 2, 3], forced, max_tokens=2, render_special=render), sink)

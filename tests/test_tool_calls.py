@@ -28,7 +28,7 @@ from kronk.chat.tools import (
     validate_tool_choice,
     validate_tools,
 )
-from kronk.engine.request import GenerationRequest, TextDelta
+from kronk.engine.request import Failed, Finished, GenerationRequest, TextDelta
 from kronk.llama import LlamaModel, ModelParams, SamplerChain, SamplingParams
 
 NAMES = ("get_weather", "get_time")
@@ -558,8 +558,9 @@ def test_lazy_grammar_applies_only_after_its_trigger(qwen: Kronk) -> None:
         )
         qwen.engine.submit(request, events.put)
         text = []
-        while isinstance(event := events.get(), TextDelta):
-            text.append(event.text)
+        while not isinstance(event := events.get(), Finished | Failed):
+            if isinstance(event, TextDelta):
+                text.append(event.text)
         return "".join(text)
 
     free = generate()

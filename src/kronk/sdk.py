@@ -42,6 +42,7 @@ from kronk.chat.tools import (
 )
 from kronk.engine.engine import Engine, EngineConfig, EngineStats
 from kronk.engine.request import (
+    Admitted,
     Event,
     Failed,
     Finished,
@@ -735,6 +736,8 @@ class _ChatTurn:
         return chunks
 
     def _on_event(self, event: Event) -> list[ChatCompletionChunk]:
+        if isinstance(event, Admitted):
+            return []
         if isinstance(event, Failed):
             raise event.error
         if isinstance(event, TextDelta):
@@ -849,6 +852,8 @@ class _CompletionTurn:
         return [self._chunk(self._echo)] if self._echo else []
 
     def on_event(self, event: Event) -> list[Completion]:
+        if isinstance(event, Admitted):
+            return []
         if isinstance(event, Failed):
             raise event.error
         if isinstance(event, Finished):
@@ -925,7 +930,7 @@ class _SyncStream(Generic[T]):
             if self._done:
                 raise StopIteration
             event = self._events.get()
-            self._done = not isinstance(event, TextDelta)
+            self._done = isinstance(event, Finished | Failed)
             self._pending = self.turn.on_event(event)
             if self.turn.wants_stop and not self._done and not self._stopping:
                 self._stopping = True  # the rest of the output would be ignored: stop it
@@ -938,7 +943,7 @@ class _SyncStream(Generic[T]):
             return
         self._handle.cancel()
         while not self._done:  # the engine answers a cancel at its next step
-            self._done = not isinstance(self._events.get(), TextDelta)
+            self._done = isinstance(self._events.get(), Finished | Failed)
 
     def __enter__(self) -> Self:
         return self
@@ -974,7 +979,7 @@ class _AsyncStream(Generic[T]):
             if self._done:
                 raise StopAsyncIteration
             event = await self._events.get()
-            self._done = not isinstance(event, TextDelta)
+            self._done = isinstance(event, Finished | Failed)
             self._pending = self.turn.on_event(event)
             if self.turn.wants_stop and not self._done and not self._stopping:
                 self._stopping = True
@@ -987,7 +992,7 @@ class _AsyncStream(Generic[T]):
             return
         self._handle.cancel()
         while not self._done:
-            self._done = not isinstance(await self._events.get(), TextDelta)
+            self._done = isinstance(await self._events.get(), Finished | Failed)
 
     async def __aenter__(self) -> Self:
         return self

@@ -29,6 +29,7 @@ from kronk.engine.prompt_cache import PromptCache, common_prefix
 from kronk.engine.request import (
     MAX_STOP_STRINGS,
     MAX_TOP_LOGPROBS,
+    Admitted,
     Event,
     EventSink,
     Failed,
@@ -386,6 +387,7 @@ class Engine:
             slot.active = active
             self._stats.requests_total += 1
             self._stats.tokens_cached += keep
+            self._emit(active, Admitted(len(prompt), keep))
 
     @staticmethod
     def _choose_slot(free: list[_Slot]) -> _Slot:
@@ -588,7 +590,7 @@ class Engine:
             cache_lookup_seconds=a.cache_lookup_seconds,
             detokenize_seconds=a.detokenize_seconds,
         )
-        self._emit(a, Finished(reason, usage))
+        self._emit(a, Finished(reason, usage, a.stops.matched if reason == "stop" else None))
 
     def _fail(self, slot: _Slot, error: KronkError) -> None:
         a = slot.active

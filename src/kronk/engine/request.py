@@ -78,9 +78,18 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class Admitted:
+    """The request has a slot: its prefill starts, `cached_tokens` of the prompt reused."""
+
+    prompt_tokens: int
+    cached_tokens: int
+
+
+@dataclass(frozen=True)
 class Finished:
     reason: FinishReason
     usage: Usage
+    stop_sequence: str | None = None  # the stop string that ended it (reason "stop")
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,7 @@ class Failed:
     error: KronkError
 
 
-Event = TextDelta | Finished | Failed
+Event = Admitted | TextDelta | Finished | Failed
 EventSink = Callable[[Event], None]
 
 
