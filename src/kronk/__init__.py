@@ -16,7 +16,19 @@ from kronk.errors import (
 )
 from kronk.sdk import AsyncChatStream, AsyncCompletionStream, ChatStream, CompletionStream, Kronk
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    # Set by setuptools-scm from the git tag when kronk was installed (editable installs
+    # too); a source tree that was never installed has no metadata to ask.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kronk")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
 
 # A library prints nothing on its own: without this, Python's last-resort handler would
 # write llama.cpp's load-time warnings (routed to `kronk.llama`) to stderr of every program

@@ -307,7 +307,7 @@ class ProgressBars:
                     escape(event.file), total=event.bytes_total, phase="", speed="", eta=""
                 )
                 self._tasks[event.file] = task
-            downloading = event.phase == "download"
+            downloading = event.phase in ("download", "upload")  # network phases
             self._progress.update(
                 task,
                 completed=event.bytes_done,

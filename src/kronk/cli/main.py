@@ -28,21 +28,32 @@ def _root() -> None:
 def version(
     home: HomeOption = None,  # taken by every command; version has no use for it
 ) -> None:
-    """Print kronk's version and the llama-cpp-python it runs on."""
+    """Print the versions of kronk, llama-cpp-python and the llama.cpp it was built from."""
+    from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as dist_version
 
     import kronk
+    from kronk.llama.build_info import ggml_version, llama_cpp_commit
 
-    typer.echo(f"kronk {kronk.__version__} (llama-cpp-python {dist_version('llama-cpp-python')})")
+    try:
+        binding = dist_version("llama-cpp-python")
+    except PackageNotFoundError:
+        binding = "not installed"
+    commit = llama_cpp_commit() or "unknown commit"
+    ggml = ggml_version()
+    typer.echo(f"kronk {kronk.__version__}")
+    typer.echo(f"llama-cpp-python {binding}")
+    typer.echo(f"llama.cpp {commit}" + (f" (ggml {ggml})" if ggml else ""))
 
 
 def _register() -> None:
     # Imported here, after the root, so each group's module is the only place it is defined.
-    from kronk.cli import catalog, libs, models, run, server
+    from kronk.cli import catalog, libs, models, registry, run, server
 
     app.add_typer(models.app, name="model")
     app.add_typer(catalog.app, name="catalog")
     app.add_typer(server.app, name="server")
+    app.add_typer(registry.app, name="registry")
     libs.register(app)
     run.register(app)
 

@@ -1,4 +1,4 @@
-"""`kronk model list|show|pull|import|remove|index|verify|ps`: the models of a kronk home.
+"""`kronk model list|show|pull|push|import|remove|index|verify|ps`: the models of a kronk home.
 
 Every command works on one home (`--home`, else `KRONK_HOME`, else `~/.kronk`) through
 `kronk.models.store.ModelStore`; this module only parses arguments and prints.
@@ -235,11 +235,24 @@ def _count(n: int) -> str:
 # -- pull and import ------------------------------------------------------------------------
 
 
+InsecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="Plain HTTP to the registry (a local one); env: KRONK_INSECURE_REGISTRIES.",
+    ),
+]
+
+
 @app.command()
 @report_errors
 def pull(
     model: Annotated[
-        str, typer.Argument(help="A catalog id (see `kronk catalog list`) or an http(s) URL.")
+        str,
+        typer.Argument(
+            help="A catalog id (see `kronk catalog list`), an http(s) URL, or "
+            "oci://REGISTRY/REPOSITORY[:TAG]."
+        ),
     ],
     sha256: Annotated[
         str | None,
@@ -254,23 +267,33 @@ def pull(
         ),
     ] = None,
     model_id: Annotated[
-        str | None, typer.Option("--id", help="Local id for a URL pull (default: from the file).")
+        str | None,
+        typer.Option("--id", help="Local id for a URL or oci:// pull (default: from the name)."),
     ] = None,
+    insecure: InsecureOption = False,
     home: HomeOption = None,
 ) -> None:
     """Download a model, verify its size and sha256, and add it to the index.
 
-    MODEL is a catalog id (see `kronk catalog list`) or any http(s) URL of a GGUF file.
-    An interrupted pull resumes where it stopped when run again.
+    MODEL is a catalog id (see `kronk catalog list`), any http(s) URL of a GGUF file, or
+    an OCI registry reference (oci://REGISTRY/REPOSITORY[:TAG], pushed by kronk, Ollama
+    or Docker Model Runner). An interrupted pull resumes where it stopped when run again.
     Nothing unverified is ever listed as present.
     """
+    from kronk.models.oci import is_oci_reference, pull_model
+
     store = open_store(home)
     before = {m.id for m in store.list_local()}
     started = time.monotonic()
     with ProgressBars(f"pulling {model}") as bars:
-        local = store.pull(
-            model, sha256=sha256, progress=bars, hf_token=hf_token, model_id=model_id
-        )
+        if is_oci_reference(model):
+            local = pull_model(
+                store, model, insecure=insecure, sha256=sha256, model_id=model_id, progress=bars
+            )
+        else:
+            local = store.pull(
+                model, sha256=sha256, progress=bars, hf_token=hf_token, model_id=model_id
+            )
     if local.id in before:
         console.print(
             f"{escape(local.id)} is already here ({human_size(local.size)}, verified when it "
@@ -287,6 +310,59 @@ def pull(
     console.print(f"  {escape(str(local.path))}", soft_wrap=True)
     if local.catalog is None or "chat" in local.catalog.capabilities:
         console.print(f"  chat with it: kronk run {escape(local.id)}", soft_wrap=True)
+
+
+@app.command()
+@report_errors
+def push(
+    model: Annotated[str, typer.Argument(help="A local model id (see `kronk model list`).")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="REGISTRY/REPOSITORY[:TAG] (oci:// optional), e.g. localhost:5000/library/qwen:q4."
+        ),
+    ],
+    insecure: InsecureOption = False,
+    chunk_size: Annotated[
+        int, typer.Option("--chunk-size", help="Upload chunk size in bytes.", min=1)
+    ] = 16 * 1024 * 1024,
+    home: HomeOption = None,
+) -> None:
+    """Push a local model to an OCI registry, in Ollama's layout.
+
+    The file's sha256 is checked first. Blobs the registry already has are skipped, an
+    interrupted upload resumes when run again, and the tag appears only at the end.
+    Credentials: `kronk registry login`, or docker's config.json.
+    """
+    from kronk.models.oci import ModelFacts, push_model
+
+    store = open_store(home)
+    local = store.get(model)
+    facts = gguf_facts(local.path)
+    with ProgressBars(f"pushing {model}") as bars:
+        result = push_model(
+            store,
+            model,
+            target,
+            insecure=insecure,
+            facts=ModelFacts(
+                facts["architecture"], facts["parameters_human"], facts["quantization"] or ""
+            ),
+            # The catalog's word where it has one; otherwise what the file itself says.
+            capabilities=None if local.catalog is not None else facts["capabilities"],
+            progress=bars,
+            chunk_size=chunk_size,
+        )
+    skipped = f", {len(result.skipped)} blob(s) already there" if result.skipped else ""
+    console.print(
+        f"[green]pushed[/green] {escape(model)} to {escape(result.reference)} "
+        f"(sent {human_size(result.uploaded_bytes)}{skipped}; manifest {result.digest})",
+        soft_wrap=True,
+    )
+    flag = " --insecure" if insecure else ""
+    console.print(
+        f"  pull it with: kronk model pull oci://{escape(result.reference)}{flag}", soft_wrap=True
+    )
 
 
 @app.command("import")

@@ -96,12 +96,14 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def atomic_write_bytes(dest: Path, data: bytes) -> None:
-    """Write `data` to `dest` so readers see the old file or the new one, never a mix."""
+def atomic_write_bytes(dest: Path, data: bytes, *, mode: int = 0o666) -> None:
+    """Write `data` to `dest` so readers see the old file or the new one, never a mix.
+
+    `mode` (less the umask) applies from the first byte: 0o600 keeps secrets private."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_path_for(dest)
     try:
-        with temp.open("wb") as out:
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())

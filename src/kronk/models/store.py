@@ -143,6 +143,11 @@ class ModelStore:
             "max_parallel": max_parallel,
         }
 
+    @property
+    def download_options(self) -> dict[str, Any]:
+        """`timeout`, `retries`, `retry_backoff`, `max_parallel`: for other ways in (OCI)."""
+        return dict(self._download_options)
+
     # -- what is here ---------------------------------------------------------------
 
     def list_local(self) -> list[LocalModel]:
@@ -252,6 +257,10 @@ class ModelStore:
         token = hf_token or next((os.environ[k] for k in HF_TOKEN_ENVS if os.environ.get(k)), None)
         if _is_url(ref):
             return self._pull_url(ref, expected, progress, token, model_id)
+        if ref.startswith("oci://"):  # a registry; plain HTTP only via KRONK_INSECURE_REGISTRIES
+            from kronk.models.oci import pull_model
+
+            return pull_model(self, ref, sha256=expected, model_id=model_id, progress=progress)
         if model_id is not None:
             raise InvalidRequestError("model_id only applies when pulling a URL", "model_id")
         entry = self.catalog.find(ref)
@@ -382,7 +391,7 @@ class ModelStore:
         with Downloader(**self._download_options) as downloader:
             results = downloader.download_all(remote, progress)
         files = [IndexedFile(name=r.path.name, size=r.size, sha256=r.sha256) for r in results]
-        _require_gguf([r.path for r in results])
+        require_gguf([r.path for r in results])
         return files
 
     def _fetch_chunks(
@@ -547,7 +556,7 @@ class ModelStore:
                 name=dest.stem,
                 progress=_fraction_progress(dest.name, max(1, weights), progress),
             )
-            _require_gguf([temp])
+            require_gguf([temp])
             digest = sha256_file(temp)
             if sha256 is not None and digest != sha256:
                 raise ModelIntegrityError(
@@ -696,7 +705,7 @@ def _pin_sha256(entry: CatalogEntry, sha256: str | None) -> builtins.list[Catalo
     return [specs[0].model_copy(update={"sha256": sha256})]
 
 
-def _require_gguf(paths: Sequence[Path]) -> None:
+def require_gguf(paths: Sequence[Path]) -> None:
     """Every file must be a complete GGUF file; otherwise delete them all and raise."""
     from kronk.llama import validate_gguf  # lazy: loads the native library
 
@@ -779,4 +788,5 @@ __all__ = [
     "LocalModel",
     "ModelStore",
     "require_capability",
+    "require_gguf",
 ]
