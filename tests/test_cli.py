@@ -232,7 +232,7 @@ def test_every_command_takes_home() -> None:
 
     commands = dict(leaf_commands(typer.main.get_command(app)))
 
-    assert {"model pull", "catalog update", "libs", "run", "server start"} <= set(commands)
+    assert {"model pull", "catalog update", "libs check", "run", "server start"} <= set(commands)
     for name, command in commands.items():
         options = {o for param in command.params for o in getattr(param, "opts", [])}
         assert "--home" in options, name

@@ -239,6 +239,7 @@ def collect() -> dict[str, Any]:
 
 
 def libs(
+    ctx: typer.Context,
     json_output: JsonOption = False,
     upgrade: Annotated[
         bool,
@@ -266,6 +267,8 @@ def libs(
     home: HomeOption = None,  # taken by every command; libs keeps nothing in the home
 ) -> None:
     """Show llama-cpp-python and llama.cpp: version, backends, CPU features, updates."""
+    if ctx.invoked_subcommand is not None:
+        return  # `kronk libs check ...`
     if upgrade:
         _upgrade(yes=yes, dry_run=dry_run)
         return
@@ -345,5 +348,57 @@ def _upgrade(*, yes: bool, dry_run: bool) -> None:
     console.print(f"[green]rebuilt[/green] llama-cpp-python {plan.version} for {plan.backend}")
 
 
+def check(
+    version: Annotated[
+        str | None,
+        typer.Option(
+            "--version", help="The llama-cpp-python release to compare (default: the latest)."
+        ),
+    ] = None,
+    old: Annotated[
+        str | None,
+        typer.Option("--old", help="Compare from this release instead of the installed one."),
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option("--cache", help="Keep downloaded sdists here (default: nowhere)."),
+    ] = None,
+    json_output: JsonOption = False,
+    home: HomeOption = None,  # taken by every command; the check keeps nothing in the home
+) -> None:
+    """Compare a llama-cpp-python release's C API with what kronk's binding uses.
+
+    Reads llama.h and the ctypes binding from the release's sdist (pip download) and
+    reports removed, renamed or changed functions, struct fields and constants kronk
+    uses, new deprecations, and new samplers and functions worth adopting. Exits with
+    status 1 when something kronk uses would break.
+    """
+    from kronk.tools import libs_check
+
+    target = version or latest_published()
+    if target is None:
+        raise CommandError(
+            "the package index did not say which llama-cpp-python is the latest",
+            hint="kronk libs check --version X",
+        )
+    base = old or installed_version() or "installed"
+    with err_console.status(f"reading llama.h of {DIST_NAME} {base} and {target}"):
+        before = libs_check.release_api(old, cache) if old else libs_check.installed_api()
+        after = libs_check.release_api(target, cache)
+    report = libs_check.compare(
+        before, after, old_name=base, new_name=target, used=libs_check.facade_usage()
+    )
+    if json_output:
+        print_json(report.to_json())
+    else:
+        for line in libs_check.render(report):
+            console.print(escape(line), soft_wrap=True, highlight=False)
+    if report.breaking:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("libs")(report_errors(libs))
+    group = typer.Typer(help=libs.__doc__, invoke_without_command=True)
+    group.callback(invoke_without_command=True)(report_errors(libs))
+    group.command("check")(report_errors(check))
+    app.add_typer(group, name="libs")
