@@ -41,10 +41,19 @@ else
   $(error KRONK_BACKEND must be cpu, cuda, vulkan or metal (got '$(KRONK_BACKEND)'))
 endif
 
+# On x86-64, llama.cpp's AMX kernels are left out: a native build compiles them in where
+# CPUID reports AMX, but virtual machines that report it without enabling the tile state
+# (as these do) kill the process with a general protection fault on the first `ldtilecfg`,
+# i.e. on the first batched matmul over repacked weights. CFLAGS passes through CMake.
+ifeq ($(shell uname -m),x86_64)
+  LLAMA_CFLAGS ?= -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+else
+  LLAMA_CFLAGS ?=
+endif
 LLAMA_CMAKE_ALL := $(strip $(BACKEND_CMAKE_ARGS) $(LLAMA_CMAKE_ARGS))
 # The stamp names version, backend and a checksum of the CMake arguments, so changing
 # any of them rebuilds llama-cpp-python and an unchanged setting never does.
-LLAMA_CMAKE_SUM := $(shell printf '%s' '$(LLAMA_CMAKE_ALL)' | cksum | cut -d' ' -f1)
+LLAMA_CMAKE_SUM := $(shell printf '%s' '$(LLAMA_CMAKE_ALL) $(LLAMA_CFLAGS)' | cksum | cut -d' ' -f1)
 
 BIN := $(VENV)/bin
 VENV_PYTHON := $(BIN)/python
@@ -78,7 +87,8 @@ $(LLAMA_STAMP): $(VENV_STAMP)
 	@echo "building llama-cpp-python $(LLAMA_CPP_PYTHON_VERSION) for $(KRONK_BACKEND)" \
 		"(CMAKE_ARGS='$(LLAMA_CMAKE_ALL)'); this takes several minutes"
 	rm -f $(VENV)/.stamp-llama-cpp-python-*
-	CMAKE_ARGS='$(LLAMA_CMAKE_ALL)' $(VENV_PYTHON) -m pip install --no-cache-dir \
+	CMAKE_ARGS='$(LLAMA_CMAKE_ALL)' CFLAGS='$(LLAMA_CFLAGS)' CXXFLAGS='$(LLAMA_CFLAGS)' \
+		$(VENV_PYTHON) -m pip install --no-cache-dir \
 		--no-binary llama-cpp-python --force-reinstall --no-deps \
 		llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION)
 	$(VENV_PYTHON) -m pip install llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION)
@@ -129,6 +139,7 @@ dist: install model ## sdist + wheel in dist/, twine check, smoke test in a fres
 	$(VENV_PYTHON) -m build --outdir dist .
 	$(BIN)/twine check --strict dist/*
 	test -f '$(DIST_WHEELHOUSE)/.complete' || { CMAKE_ARGS='$(LLAMA_CMAKE_ALL)' \
+		CFLAGS='$(LLAMA_CFLAGS)' CXXFLAGS='$(LLAMA_CFLAGS)' \
 		$(VENV_PYTHON) -m pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
 		--wheel-dir '$(DIST_WHEELHOUSE)' llama-cpp-python==$(LLAMA_CPP_PYTHON_VERSION) \
 		&& touch '$(DIST_WHEELHOUSE)/.complete'; }

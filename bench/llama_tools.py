@@ -49,6 +49,11 @@ CMAKE_FLAGS = [
     "-DLLAMA_BUILD_UI=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",
 ]
+# As the Makefile builds llama-cpp-python: no AMX kernels on x86-64 (virtual machines that
+# report AMX without enabling its tile state fault on them), so both sides run the same code.
+if platform.machine() in ("x86_64", "AMD64"):
+    _NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    CMAKE_FLAGS += [f"-DCMAKE_C_FLAGS={_NO_AMX}", f"-DCMAKE_CXX_FLAGS={_NO_AMX}"]
 
 RESULTS_HEADER = """\
 # Benchmark results
@@ -89,7 +94,7 @@ def cache_dir() -> Path:
 
 
 def build_dir() -> Path:
-    return cache_dir() / f"build-{LLAMA_CPP_PYTHON_VERSION}"
+    return cache_dir() / f"build-{LLAMA_CPP_PYTHON_VERSION}-noamx"
 
 
 def ensure_tools(names: Sequence[str], jobs: int = 2) -> dict[str, Path]:
