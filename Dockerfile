@@ -4,14 +4,18 @@
 #   docker build -t kronk:cuda \
 #     --build-arg BUILD_IMAGE=nvidia/cuda:12.6.3-devel-ubuntu24.04 \
 #     --build-arg RUNTIME_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04 \
-#     --build-arg CMAKE_ARGS="-DGGML_CUDA=on" .
+#     --build-arg CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_CUDA=on" .
 # Run: docker run -p 11435:11435 -v kronk:/data kronk:cpu
 #   (models, index and settings live in /data, the kronk home)
 ARG BUILD_IMAGE=python:3.11-slim-bookworm
 ARG RUNTIME_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BUILD_IMAGE} AS build
-ARG CMAKE_ARGS=""
+# Not tuned to the build machine's CPU (the image runs elsewhere), and no AMX kernels: some
+# virtual machines report AMX without enabling it, and its first use kills the process
+# (x86-64 flags: build with --build-arg LLAMA_CFLAGS= on arm64).
+ARG CMAKE_ARGS="-DGGML_NATIVE=OFF"
+ARG LLAMA_CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 # The build context has no .git, so setuptools-scm is told the version.
 ARG KRONK_VERSION=0.0.0
 ARG LLAMA_CPP_PYTHON_VERSION=0.3.36
@@ -24,7 +28,8 @@ RUN apt-get update \
 RUN python3 -m venv /opt/kronk
 ENV PATH=/opt/kronk/bin:$PATH
 # llama-cpp-python first and on its own: the slow compile stays cached while kronk changes.
-RUN CMAKE_ARGS="${CMAKE_ARGS}" pip install --no-cache-dir --no-binary llama-cpp-python \
+RUN CMAKE_ARGS="${CMAKE_ARGS}" CFLAGS="${LLAMA_CFLAGS}" CXXFLAGS="${LLAMA_CFLAGS}" \
+    pip install --no-cache-dir --no-binary llama-cpp-python \
     "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
