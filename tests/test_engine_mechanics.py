@@ -449,8 +449,8 @@ def test_a_character_split_over_tokens_is_never_streamed_broken(tiny: Kronk) -> 
     final = chunks.pop()  # the finish chunk
     assert final == "" and "".join(chunks) == text
     assert all("\ufffd" not in chunk for chunk in chunks)
-    assert stream.turn.result().usage is not None
-    assert len(chunks) < stream.turn.result().usage.completion_tokens  # some were held back
+    assert stream.result().usage is not None
+    assert len(chunks) < stream.result().usage.completion_tokens  # some were held back
 
 
 def test_a_stop_string_spanning_tokens_is_never_half_streamed(tiny: Kronk) -> None:
@@ -461,7 +461,7 @@ def test_a_stop_string_spanning_tokens_is_never_half_streamed(tiny: Kronk) -> No
     )
     # Streamed text is final: had " w" gone out before the stop matched, it would be here.
     assert "".join(c.choices[0].text for c in stream) == "Hello"
-    assert stream.turn.result().choices[0].finish_reason == "stop"
+    assert stream.result().choices[0].finish_reason == "stop"
 
 
 def test_chat_stream_with_random_weights_is_well_formed(tiny: Kronk) -> None:

@@ -480,7 +480,7 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
         "top_logprobs",
     ),
     (CHAT, {"model": "tiny", "messages": MSG, "top_logprobs": 2}, 400, "top_logprobs"),
-    (CHAT, {"model": "tiny", "messages": MSG, "n": 2}, 400, "n"),
+    (CHAT, {"model": "tiny", "messages": MSG, "n": 0}, 400, "n"),
     (CHAT, {"model": "tiny", "messages": MSG, "temprature": 1}, 400, "temprature"),
     (CHAT, {"model": "tiny", "messages": MSG, "stream": "maybe"}, 400, "stream"),
     (

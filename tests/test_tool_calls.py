@@ -742,19 +742,27 @@ def test_a_template_without_tools_gets_them_in_the_system_message(tiny_llama_pat
 
 
 def test_reasoning_is_split_off_before_calls_are_parsed() -> None:
-    from kronk.engine.request import Finished, Usage
-    from kronk.sdk import _ChatTurn
+    from kronk.chat.turn import ChatTurn
+    from kronk.engine.request import Usage
+    from kronk.openai_objects import ChatCompletionBuilder
 
-    turn = _ChatTurn(
+    turn = ChatTurn(
         "m", starts_in_reasoning=False, tool_parser=ToolCallParser(F.HERMES, tool_names=NAMES)
     )
+    builder = ChatCompletionBuilder("m")
     text = (
         "<think>The user wants weather; <tool_call> is how I call.</think>\n\n"
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     )
-    chunks = [c for i in range(0, len(text), 7) for c in turn.on_event(TextDelta(text[i : i + 7]))]
-    chunks += turn.on_event(Finished("stop", Usage(10, 20, 0, 0.0, 0.0, 0.0, 0.0)))
-    message = turn.result().choices[0].message
+    chunks = [
+        c
+        for i in range(0, len(text), 7)
+        for c in builder.on_events(turn.on_event(TextDelta(text[i : i + 7])))
+    ]
+    chunks += builder.on_events(
+        turn.on_event(Finished("stop", Usage(10, 20, 0, 0.0, 0.0, 0.0, 0.0)))
+    )
+    message = builder.result().choices[0].message
     assert message.reasoning_content == "The user wants weather; <tool_call> is how I call."
     assert message.content is None
     assert [(c.function.name, c.function.arguments) for c in message.tool_calls or []] == [

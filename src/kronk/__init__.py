@@ -14,7 +14,15 @@ from kronk.errors import (
     TemplateError,
     UnsupportedFeatureError,
 )
-from kronk.sdk import AsyncChatStream, AsyncCompletionStream, ChatStream, CompletionStream, Kronk
+from kronk.sdk import Kronk
+from kronk.streams import (
+    AsyncChatStream,
+    AsyncCompletionStream,
+    AsyncEventStream,
+    ChatStream,
+    CompletionStream,
+    EventStream,
+)
 
 
 def _version() -> str:
@@ -38,11 +46,13 @@ logging.getLogger("kronk").addHandler(logging.NullHandler())
 __all__ = [
     "AsyncChatStream",
     "AsyncCompletionStream",
+    "AsyncEventStream",
     "ChatStream",
     "CompletionStream",
     "ContextFullError",
     "EngineBusyError",
     "EngineClosedError",
+    "EventStream",
     "GrammarError",
     "InvalidModelFileError",
     "InvalidRequestError",

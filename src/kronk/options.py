@@ -9,43 +9,48 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kronk.errors import InvalidRequestError
-from kronk.llama import SamplingParams
+
+if TYPE_CHECKING:  # the llama.cpp binding stays unloaded for those who only validate
+    from kronk.llama import SamplingParams
 
 
 class SamplingOptions(BaseModel):
-    """Parameters every generation request takes. None means "the model's default"."""
+    """The parameters every generation request takes, with their bounds: the one
+    declaration that the SDK and every protocol adapter (OpenAI, Anthropic, Ollama)
+    validate against, each mapping its own names onto these. None means "the model's
+    default"."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    typical_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repeat_penalty: float | None = None
-    repeat_last_n: int | None = None
-    dry_multiplier: float | None = None
-    dry_base: float | None = None
-    dry_allowed_length: int | None = None
-    dry_penalty_last_n: int | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # OpenAI's newer max_tokens
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    typical_p: float | None = Field(None, ge=0, le=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repeat_penalty: float | None = Field(None, ge=0)
+    repeat_last_n: int | None = Field(None, ge=-1)
+    dry_multiplier: float | None = Field(None, ge=0)
+    dry_base: float | None = Field(None, ge=1)
+    dry_allowed_length: int | None = Field(None, ge=0)
+    dry_penalty_last_n: int | None = Field(None, ge=-1)
     dry_sequence_breakers: list[str] | None = None
-    xtc_probability: float | None = None
-    xtc_threshold: float | None = None
+    xtc_probability: float | None = Field(None, ge=0, le=1)
+    xtc_threshold: float | None = Field(None, ge=0, le=1)
     seed: int | None = None
     logit_bias: dict[str, float] | None = None  # token id (as a string, like OpenAI) -> bias
     stop: str | list[str] | None = None
     grammar: str | None = None  # GBNF
-    ignore_eos: bool = False
-    n: int = 1
+    ignore_eos: bool | None = None
+    n: int = Field(1, ge=1)  # choices; the server runs n > 1 as parallel requests
     user: str | None = None  # accepted for OpenAI compatibility; unused
 
     def max_new_tokens(self) -> int | None:
@@ -65,27 +70,14 @@ class SamplingOptions(BaseModel):
     ) -> SamplingParams:
         """Merge these options over `defaults` into the sampler chain's parameters."""
         if self.n != 1:
-            raise InvalidRequestError("only n=1 is supported; send several requests instead", "n")
+            raise InvalidRequestError(
+                "the SDK makes one choice per call (n=1); call it n times, or use the "
+                "server, which runs n > 1 in parallel slots",
+                "n",
+            )
         fields = {
             name: getattr(self, name)
-            for name in (
-                "temperature",
-                "top_p",
-                "top_k",
-                "min_p",
-                "typical_p",
-                "presence_penalty",
-                "frequency_penalty",
-                "repeat_penalty",
-                "repeat_last_n",
-                "dry_multiplier",
-                "dry_base",
-                "dry_allowed_length",
-                "dry_penalty_last_n",
-                "xtc_probability",
-                "xtc_threshold",
-                "seed",
-            )
+            for name in SCALAR_SAMPLER_FIELDS
             if getattr(self, name) is not None
         }
         if self.dry_sequence_breakers is not None:
@@ -99,6 +91,8 @@ class SamplingOptions(BaseModel):
                     "use either grammar or response_format, not both", "grammar"
                 )
             fields["grammar"] = grammar
+        from kronk.llama import SamplingParams
+
         return SamplingParams(**{**vars(defaults), **fields})
 
 
@@ -122,6 +116,28 @@ class ChatOptions(SamplingOptions):
                 f"{', '.join(reserved)} cannot be set here; they come from the request"
             )
         return value
+
+
+# The sampler parameters (what shapes each token), as opposed to the limits and
+# bookkeeping fields above: what a protocol passes through to Kronk by name.
+SAMPLER_FIELDS = tuple(
+    name
+    for name in SamplingOptions.model_fields
+    if name not in ("max_tokens", "max_completion_tokens", "n", "user")
+)
+# Those of them that are single numbers: what a catalog entry or config file may set as a
+# model's sampling defaults.
+SCALAR_SAMPLER_FIELDS = tuple(
+    name
+    for name in SAMPLER_FIELDS
+    if name not in ("stop", "grammar", "logit_bias", "dry_sequence_breakers", "ignore_eos")
+)
+
+
+def sampler_kwargs(options: SamplingOptions) -> dict[str, Any]:
+    """The sampler parameters set in `options`, as Kronk keyword arguments."""
+    values = {name: getattr(options, name) for name in SAMPLER_FIELDS}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 class CompletionOptions(SamplingOptions):

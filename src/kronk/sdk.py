@@ -14,22 +14,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import queue
 import threading
-import time
-import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, Generic, Self, TypeVar
+from typing import Any
 
-from kronk.chat.reasoning import ReasoningParser
 from kronk.chat.template import ChatTemplate
 from kronk.chat.tools import (
     OUTPUT_MARKERS,
     Reasoning,
-    ToolCallDelta,
     ToolCallParser,
     ToolChoice,
     ToolFormat,
@@ -40,18 +35,10 @@ from kronk.chat.tools import (
     validate_tool_choice,
     validate_tools,
 )
+from kronk.chat.turn import ChatTurn, TextTurn
 from kronk.engine.engine import Engine, EngineConfig, EngineStats
-from kronk.engine.request import (
-    Admitted,
-    Event,
-    Failed,
-    Finished,
-    GenerationRequest,
-    RequestHandle,
-    TextDelta,
-    TokenLogprob,
-    Usage,
-)
+from kronk.engine.request import GenerationRequest
+from kronk.engine.speculative import SpeculativeConfig
 from kronk.errors import EngineClosedError, InvalidRequestError, UnsupportedFeatureError
 from kronk.llama import (
     JSON_OBJECT_SCHEMA,
@@ -61,37 +48,28 @@ from kronk.llama import (
     json_schema_to_grammar,
 )
 from kronk.llama.model import LoadProgress
+from kronk.openai_objects import ChatCompletionBuilder, CompletionBuilder
 from kronk.options import ChatOptions, CompletionOptions, parse_options
-from kronk.telemetry.tracing import current_span, record_engine_phases, record_span, span
+from kronk.streams import (
+    AsyncChatStream,
+    AsyncCompletionStream,
+    AsyncEventStream,
+    ChatStream,
+    CompletionStream,
+    EventStream,
+)
+from kronk.telemetry.tracing import record_engine_phases, span
 from kronk.types import (
     ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionMessage,
-    ChatCompletionMessageToolCall,
-    ChatCompletionTokenLogprob,
-    Choice,
-    ChoiceDelta,
-    ChoiceDeltaToolCall,
-    ChoiceDeltaToolCallFunction,
-    ChoiceLogprobs,
-    ChunkChoice,
     Completion,
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionUsage,
     CreateEmbeddingResponse,
     Embedding,
     EmbeddingUsage,
-    FinishReason,
-    FunctionCall,
     ModelInfo,
-    PromptTokensDetails,
-    TopLogprob,
 )
 
 log = logging.getLogger("kronk")
 
-T = TypeVar("T")
 Messages = Sequence[Mapping[str, Any]]
 Tools = Sequence[Mapping[str, Any]]
 EmbeddingInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
@@ -122,6 +100,9 @@ class Kronk:
         chat_template: str | Path | None = None,
         sampling_defaults: Mapping[str, Any] | None = None,
         load_progress: LoadProgress | None = None,
+        speculative: SpeculativeConfig | str | bool | None = "auto",
+        draft_model: str | Path | None = None,
+        draft_max: int | None = None,
     ) -> None:
         """Load `model_path` (a GGUF file) and start its engine.
 
@@ -134,19 +115,31 @@ class Kronk:
         batch, by turning off llama.cpp's repacked CPU weights (their batched kernels sum
         in another order than the single-token ones). It costs prompt-processing speed
         (about 14% measured on the default model); generation speed is unchanged.
+
+        `speculative` (docs/speculative.md): "auto" (n-gram drafts, plus `draft_model`'s
+        when given, each used only where it pays), "ngram", "draft", "off" (or False), or
+        a `SpeculativeConfig`; `draft_max` caps the draft tokens a slot verifies a step.
+        Output is the same either way. `draft_model` is a GGUF with this model's vocabulary.
         """
-        self.model = LlamaModel.load(
-            model_path,
-            ModelParams(
-                n_gpu_layers=n_gpu_layers,
-                use_mmap=use_mmap,
-                use_mlock=use_mlock,
-                repack=not batch_invariant,
-            ),
-            progress=load_progress,
+        spec = SpeculativeConfig.of(speculative)
+        spec = dataclasses.replace(
+            spec,
+            draft_model=str(draft_model) if draft_model is not None else spec.draft_model,
+            draft_max=draft_max if draft_max is not None else spec.draft_max,
         )
+        spec.validate()
+        params = ModelParams(
+            n_gpu_layers=n_gpu_layers,
+            use_mmap=use_mmap,
+            use_mlock=use_mlock,
+            repack=not batch_invariant,
+        )
+        self.model = LlamaModel.load(model_path, params, progress=load_progress)
+        self.draft_model: LlamaModel | None = None
         engine: Engine | None = None
         try:
+            if spec.uses_draft_model and spec.draft_model is not None:
+                self.draft_model = LlamaModel.load(spec.draft_model, params)
             self.model_id = model_id or Path(model_path).stem
             self._defaults = parse_options(ChatOptions, sampling_defaults or {}).sampling_params(
                 SamplingParams()
@@ -171,7 +164,9 @@ class Kronk:
                     type_v=cache_type_v,
                     flash_attn=flash_attn,
                     max_queue=max_queue,
+                    speculative=spec,
                 ),
+                draft_model=self.draft_model,
             )
             # Each request's engine phases become spans under the span it was made in.
             engine.add_listener(partial(record_engine_phases, self.model_id))
@@ -184,6 +179,8 @@ class Kronk:
         except BaseException:
             if engine is not None:
                 engine.close()
+            if self.draft_model is not None:
+                self.draft_model.close()
             self.model.close()
             raise
         self._closed = False
@@ -243,6 +240,8 @@ class Kronk:
             while self._users:  # e.g. a prompt being tokenized on another thread
                 self._lifecycle.wait()
         self.engine.close()
+        if self.draft_model is not None:
+            self.draft_model.close()
         self.model.close()
 
     def __enter__(self) -> Kronk:
@@ -277,7 +276,7 @@ class Kronk:
         ) as stream:
             for _ in stream:
                 pass
-            return stream.turn.result()
+            return stream.result()
 
     def chat_stream(
         self,
@@ -293,11 +292,31 @@ class Kronk:
         Tool calls stream as OpenAI's do: `delta.tool_calls` with a call's index, id and name
         first, then fragments of its arguments.
         """
-        with self._open():
-            request, turn = self._chat_request(
-                messages, tools, tool_choice, parallel_tool_calls, params
-            )
-            return ChatStream(self.engine, request, turn)
+        events = self.chat_events(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **params,
+        )
+        return ChatStream(events, ChatCompletionBuilder(self.model_id))
+
+    def chat_events(
+        self,
+        messages: Messages,
+        *,
+        tools: Tools | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+        **params: Any,
+    ) -> EventStream:
+        """Stream the turn's protocol-neutral events (`kronk.chat.events`): reasoning and
+        content deltas, tool calls as they are written, and a `TurnFinished` with the stop
+        reason and usage. Every protocol the server speaks is built from these."""
+        request, turn = self._prepare_chat(
+            messages, tools, tool_choice, parallel_tool_calls, params
+        )
+        return EventStream(self.engine, request, turn)
 
     async def achat(
         self,
@@ -318,7 +337,7 @@ class Kronk:
         async with stream:
             async for _ in stream:
                 pass
-        return stream.turn.result()
+        return stream.result()
 
     def achat_stream(
         self,
@@ -329,11 +348,55 @@ class Kronk:
         parallel_tool_calls: bool = True,
         **params: Any,
     ) -> AsyncChatStream:
+        """Async `chat_stream`. The prompt is prepared in a worker thread when the stream
+        starts (`await stream.start()`, or its first read): bad input raises there."""
+        events = self.achat_events(
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            **params,
+        )
+        return AsyncChatStream(events, ChatCompletionBuilder(self.model_id))
+
+    def achat_events(
+        self,
+        messages: Messages,
+        *,
+        tools: Tools | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool = True,
+        **params: Any,
+    ) -> AsyncEventStream:
+        """Async `chat_events`, prepared in a worker thread when the stream starts."""
+        prepare = partial(
+            self._prepare_chat, messages, tools, tool_choice, parallel_tool_calls, params
+        )
+        return AsyncEventStream(self.engine, prepare)
+
+    def count_chat_tokens(
+        self,
+        messages: Messages,
+        *,
+        tools: Tools | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
+    ) -> int:
+        """The prompt tokens a chat request with these messages and tools would take."""
         with self._open():
-            request, turn = self._chat_request(
-                messages, tools, tool_choice, parallel_tool_calls, params
-            )
-            return AsyncChatStream(self.engine, request, turn)
+            specs = validate_tools(tools)
+            prompt = self._render(messages, tools, specs, chat_template_kwargs or {})
+            return len(self._tokenize_prompt(prompt))
+
+    def _prepare_chat(
+        self,
+        messages: Messages,
+        tools: Tools | None,
+        tool_choice: str | Mapping[str, Any] | None,
+        parallel_tool_calls: bool,
+        params: Mapping[str, Any],
+    ) -> tuple[GenerationRequest, ChatTurn]:
+        with self._open():
+            return self._chat_request(messages, tools, tool_choice, parallel_tool_calls, params)
 
     def render_chat(
         self,
@@ -373,7 +436,7 @@ class Kronk:
         tool_choice: str | Mapping[str, Any] | None,
         parallel_tool_calls: bool,
         params: Mapping[str, Any],
-    ) -> tuple[GenerationRequest, _ChatTurn]:
+    ) -> tuple[GenerationRequest, ChatTurn]:
         opts = parse_options(ChatOptions, params)
         specs = validate_tools(tools)
         choice = validate_tool_choice(tool_choice, specs)
@@ -398,7 +461,7 @@ class Kronk:
             max_tokens=opts.max_new_tokens(),
             stop=opts.stop_list(),
             logprobs=(opts.top_logprobs or 0) if opts.logprobs else None,
-            ignore_eos=opts.ignore_eos,
+            ignore_eos=bool(opts.ignore_eos),
             render_special=self._marker_tokens,
         )
         parse_calls = bool(specs) and choice.mode != "none"
@@ -412,7 +475,7 @@ class Kronk:
             if parse_calls or self.tool_format is ToolFormat.HARMONY
             else None
         )
-        turn = _ChatTurn(
+        turn = ChatTurn(
             self.model_id, starts_in_reasoning=starts_in_reasoning, tool_parser=tool_parser
         )
         return request, turn
@@ -470,14 +533,15 @@ class Kronk:
         with self.complete_stream(prompt, suffix=suffix, **params) as stream:
             for _ in stream:
                 pass
-            return stream.turn.result()
+            return stream.result()
 
     def complete_stream(
         self, prompt: str | Sequence[int], *, suffix: str | None = None, **params: Any
     ) -> CompletionStream:
         with self._open():
-            request, turn = self._completion_request(prompt, suffix, params)
-            return CompletionStream(self.engine, request, turn)
+            request = self._completion_request(prompt, suffix, params)
+            builder = CompletionBuilder(self.model_id, echo=self.echo_text(prompt, params))
+        return CompletionStream(EventStream(self.engine, request, TextTurn()), builder)
 
     async def acomplete(
         self, prompt: str | Sequence[int], *, suffix: str | None = None, **params: Any
@@ -486,41 +550,60 @@ class Kronk:
         async with stream:
             async for _ in stream:
                 pass
-        return stream.turn.result()
+        return stream.result()
 
     def acomplete_stream(
         self, prompt: str | Sequence[int], *, suffix: str | None = None, **params: Any
     ) -> AsyncCompletionStream:
+        """Async `complete_stream`, prepared in a worker thread when the stream starts."""
         with self._open():
-            request, turn = self._completion_request(prompt, suffix, params)
-            return AsyncCompletionStream(self.engine, request, turn)
+            builder = CompletionBuilder(self.model_id, echo=self.echo_text(prompt, params))
+        return AsyncCompletionStream(
+            self.acomplete_events(prompt, suffix=suffix, **params), builder
+        )
+
+    def acomplete_events(
+        self, prompt: str | Sequence[int], *, suffix: str | None = None, **params: Any
+    ) -> AsyncEventStream:
+        """A raw completion's neutral events (content deltas and `TurnFinished`)."""
+
+        def prepare() -> tuple[GenerationRequest, TextTurn]:
+            with self._open():
+                return self._completion_request(prompt, suffix, params), TextTurn()
+
+        return AsyncEventStream(self.engine, prepare)
+
+    def echo_text(self, prompt: str | Sequence[int], params: Mapping[str, Any]) -> str:
+        """The prompt text a completion with these `params` starts with ("" unless
+        `echo` is true)."""
+        if params.get("echo") is not True:
+            return ""
+        if isinstance(prompt, str):
+            return prompt
+        return self.model.vocab.detokenize(_token_list(prompt, "prompt"))
 
     def _completion_request(
         self, prompt: str | Sequence[int], suffix: str | None, params: Mapping[str, Any]
-    ) -> tuple[GenerationRequest, _CompletionTurn]:
+    ) -> GenerationRequest:
         opts = parse_options(CompletionOptions, params)
         if opts.logprobs is not None and not 0 <= opts.logprobs <= 5:
             raise InvalidRequestError("logprobs must be between 0 and 5", "logprobs")
+        if opts.echo and suffix is not None:
+            raise InvalidRequestError("echo cannot be used with suffix", "echo")
         if suffix is not None:
             tokens = self._fim_prompt(prompt, suffix)
         elif isinstance(prompt, str):
             tokens = self._tokenize_prompt(prompt)
         else:
             tokens = _token_list(prompt, "prompt")
-        if opts.echo and suffix is not None:
-            raise InvalidRequestError("echo cannot be used with suffix", "echo")
-        echo = ""
-        if opts.echo:
-            echo = prompt if isinstance(prompt, str) else self.model.vocab.detokenize(tokens)
-        request = GenerationRequest(
+        return GenerationRequest(
             prompt=tokens,
             sampling=opts.sampling_params(self._defaults),
             max_tokens=opts.max_new_tokens() if opts.max_new_tokens() is not None else 16,
             stop=opts.stop_list(),
             logprobs=opts.logprobs,
-            ignore_eos=opts.ignore_eos,
+            ignore_eos=bool(opts.ignore_eos),
         )
-        return request, _CompletionTurn(self.model_id, echo=echo)
 
     def _fim_prompt(self, prompt: str | Sequence[int], suffix: str) -> list[int]:
         special = self.model.vocab.special
@@ -654,373 +737,6 @@ class Kronk:
         )
 
 
-# -- turning engine events into OpenAI-shaped objects -------------------------------------
-
-
-def _usage(u: Usage) -> CompletionUsage:
-    return CompletionUsage(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        total_tokens=u.prompt_tokens + u.completion_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_tokens),
-        time_to_first_token=u.time_to_first_token,
-        queue_seconds=u.queue_seconds,
-        prompt_seconds=u.prompt_seconds,
-        generation_seconds=u.generation_seconds,
-        tokens_per_second=u.tokens_per_second,
-        prompt_tokens_per_second=u.prompt_tokens_per_second,
-    )
-
-
-def _chat_logprobs(items: list[TokenLogprob]) -> list[ChatCompletionTokenLogprob]:
-    return [
-        ChatCompletionTokenLogprob(
-            token=lp.token,
-            logprob=lp.logprob,
-            bytes=lp.bytes,
-            top_logprobs=[
-                TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top
-            ],
-        )
-        for lp in items
-    ]
-
-
-class _ChatTurn:
-    """Accumulates one chat answer from engine events and emits OpenAI-shaped chunks.
-
-    Output goes through the reasoning parser, then (with tools) the tool-call parser, which
-    sees only the content part.
-    """
-
-    def __init__(
-        self,
-        model: str,
-        *,
-        starts_in_reasoning: bool,
-        tool_parser: ToolCallParser | None = None,
-    ) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.model = model
-        self.created = int(time.time())
-        self._parser = ReasoningParser(starts_in_reasoning=starts_in_reasoning)
-        self._tools = tool_parser
-        self._content: list[str] = []
-        self._reasoning: list[str] = []
-        self._logprobs: list[ChatCompletionTokenLogprob] = []
-        self._finished: Finished | None = None
-        self._stopped_early = False
-        # The caller's span (tracing on): parsing time is summed and recorded under it.
-        self._span = current_span()
-        self._parse_seconds = 0.0
-
-    @property
-    def wants_stop(self) -> bool:
-        """Whether the rest of the generation would be ignored (one call, parallel off)."""
-        return self._tools is not None and self._tools.done
-
-    def first_chunks(self) -> list[ChatCompletionChunk]:
-        return [self._chunk(ChoiceDelta(role="assistant", content=""))]
-
-    def on_event(self, event: Event) -> list[ChatCompletionChunk]:
-        if self._span is None:  # not traced: no timing
-            return self._on_event(event)
-        start = time.perf_counter()
-        chunks = self._on_event(event)
-        self._parse_seconds += time.perf_counter() - start
-        if isinstance(event, Finished):
-            calls = len(self._tools.tool_calls) if self._tools is not None else 0
-            record_span(
-                self._span, "kronk.parse", self._parse_seconds, model=self.model, tool_calls=calls
-            )
-        return chunks
-
-    def _on_event(self, event: Event) -> list[ChatCompletionChunk]:
-        if isinstance(event, Admitted):
-            return []
-        if isinstance(event, Failed):
-            raise event.error
-        if isinstance(event, TextDelta):
-            delta = self._parser.push(event.text)
-            logprobs = _chat_logprobs(event.logprobs)
-        else:
-            delta = self._parser.flush()
-            logprobs = []
-        content, reasoning = delta.content, delta.reasoning
-        calls: list[ToolCallDelta] = []
-        if self._tools is not None:
-            parsed = [self._tools.push(content)]
-            if not isinstance(event, TextDelta):
-                parsed.append(self._tools.flush())
-            content = "".join(p.content for p in parsed)
-            reasoning += "".join(p.reasoning for p in parsed)
-            calls = [call for p in parsed for call in p.tool_calls]
-        self._reasoning.append(reasoning)
-        self._content.append(content)
-        self._logprobs += logprobs
-        chunks = []
-        if reasoning or content or logprobs:
-            chunks.append(
-                self._chunk(
-                    ChoiceDelta(content=content or None, reasoning_content=reasoning or None),
-                    logprobs=ChoiceLogprobs(content=logprobs) if logprobs else None,
-                )
-            )
-        chunks += [self._chunk(ChoiceDelta(tool_calls=[c])) for c in _tool_call_deltas(calls)]
-        if isinstance(event, Finished):
-            self._finished = event
-            final = self._chunk(ChoiceDelta(), finish_reason=self._finish_reason())
-            final.usage = _usage(event.usage)
-            chunks.append(final)
-        return chunks
-
-    def stop_early(self) -> None:
-        """The stream cancels the generation because `wants_stop`: it ended with a call."""
-        self._stopped_early = True
-
-    def _finish_reason(self) -> FinishReason:
-        assert self._finished is not None
-        reason: FinishReason = self._finished.reason
-        made_calls = self._tools is not None and bool(self._tools.tool_calls)
-        if made_calls and (reason == "stop" or (reason == "cancelled" and self._stopped_early)):
-            return "tool_calls"
-        return reason
-
-    def _chunk(
-        self,
-        delta: ChoiceDelta,
-        *,
-        finish_reason: Any = None,
-        logprobs: ChoiceLogprobs | None = None,
-    ) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason, logprobs=logprobs)],
-        )
-
-    def result(self) -> ChatCompletion:
-        if self._finished is None:
-            raise InvalidRequestError("the stream was closed before it finished")
-        reasoning = "".join(self._reasoning)
-        content: str | None = "".join(self._content)
-        calls = self._tools.tool_calls if self._tools is not None else []
-        if calls and not (content or "").strip():
-            content = None  # OpenAI's shape for an answer that is only tool calls
-        tool_calls = [
-            ChatCompletionMessageToolCall(
-                id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)
-            )
-            for c in calls
-        ]
-        return ChatCompletion(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=[
-                Choice(
-                    message=ChatCompletionMessage(
-                        content=content,
-                        reasoning_content=reasoning or None,
-                        tool_calls=tool_calls or None,
-                    ),
-                    finish_reason=self._finish_reason(),
-                    logprobs=ChoiceLogprobs(content=self._logprobs) if self._logprobs else None,
-                )
-            ],
-            usage=_usage(self._finished.usage),
-        )
-
-
-class _CompletionTurn:
-    """Accumulates one text completion (legacy completions API shapes)."""
-
-    def __init__(self, model: str, *, echo: str = "") -> None:
-        self.id = f"cmpl-{uuid.uuid4().hex}"
-        self.model = model
-        self.created = int(time.time())
-        self._echo = echo
-        self._text: list[str] = [echo]
-        self._logprobs: CompletionLogprobs | None = None
-        self._offset = len(echo)
-        self._finished: Finished | None = None
-
-    wants_stop = False  # a text completion always runs to its end
-
-    def first_chunks(self) -> list[Completion]:
-        return [self._chunk(self._echo)] if self._echo else []
-
-    def on_event(self, event: Event) -> list[Completion]:
-        if isinstance(event, Admitted):
-            return []
-        if isinstance(event, Failed):
-            raise event.error
-        if isinstance(event, Finished):
-            self._finished = event
-            final = self._chunk("", finish_reason=event.reason)
-            final.usage = _usage(event.usage)
-            return [final]
-        logprobs = self._add_logprobs(event.logprobs) if event.logprobs else None
-        self._text.append(event.text)
-        return [self._chunk(event.text, logprobs=logprobs)]
-
-    def _add_logprobs(self, items: list[TokenLogprob]) -> CompletionLogprobs:
-        chunk = CompletionLogprobs()
-        for lp in items:
-            chunk.tokens.append(lp.token)
-            chunk.token_logprobs.append(lp.logprob)
-            chunk.top_logprobs.append({t.token: t.logprob for t in lp.top})
-            chunk.text_offset.append(self._offset)
-            self._offset += len(lp.token)
-        if self._logprobs is None:
-            self._logprobs = CompletionLogprobs()
-        for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
-            getattr(self._logprobs, name).extend(getattr(chunk, name))
-        return chunk
-
-    def _chunk(
-        self, text: str, *, finish_reason: Any = None, logprobs: CompletionLogprobs | None = None
-    ) -> Completion:
-        return Completion(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=[CompletionChoice(text=text, finish_reason=finish_reason, logprobs=logprobs)],
-        )
-
-    def result(self) -> Completion:
-        if self._finished is None:
-            raise InvalidRequestError("the stream was closed before it finished")
-        return Completion(
-            id=self.id,
-            created=self.created,
-            model=self.model,
-            choices=[
-                CompletionChoice(
-                    text="".join(self._text),
-                    finish_reason=self._finished.reason,
-                    logprobs=self._logprobs,
-                )
-            ],
-            usage=_usage(self._finished.usage),
-        )
-
-
-# -- streams --------------------------------------------------------------------------------
-
-
-class _SyncStream(Generic[T]):
-    """Iterate chunks as the engine produces them; `close()` cancels the request and returns
-    once its slot is free."""
-
-    def __init__(self, engine: Engine, request: GenerationRequest, turn: Any) -> None:
-        self.turn = turn
-        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self._pending: list[T] = list(turn.first_chunks())
-        self._done = False
-        self._stopping = False
-        self._handle: RequestHandle = engine.submit(request, self._events.put)
-
-    def __iter__(self) -> Iterator[T]:
-        return self
-
-    def __next__(self) -> T:
-        while not self._pending:
-            if self._done:
-                raise StopIteration
-            event = self._events.get()
-            self._done = isinstance(event, Finished | Failed)
-            self._pending = self.turn.on_event(event)
-            if self.turn.wants_stop and not self._done and not self._stopping:
-                self._stopping = True  # the rest of the output would be ignored: stop it
-                self.turn.stop_early()
-                self._handle.cancel()
-        return self._pending.pop(0)
-
-    def close(self) -> None:
-        if self._done:
-            return
-        self._handle.cancel()
-        while not self._done:  # the engine answers a cancel at its next step
-            self._done = isinstance(self._events.get(), Finished | Failed)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not self._done and hasattr(self, "_handle"):
-            self._handle.cancel()
-
-
-class _AsyncStream(Generic[T]):
-    """Async twin of `_SyncStream`; events cross from the engine thread to the event loop."""
-
-    def __init__(self, engine: Engine, request: GenerationRequest, turn: Any) -> None:
-        self.turn = turn
-        self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
-        self._pending: list[T] = list(turn.first_chunks())
-        self._done = False
-        self._stopping = False
-        self._handle = engine.submit(request, self._put)
-
-    def _put(self, event: Event) -> None:
-        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
-
-    def __aiter__(self) -> AsyncIterator[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        while not self._pending:
-            if self._done:
-                raise StopAsyncIteration
-            event = await self._events.get()
-            self._done = isinstance(event, Finished | Failed)
-            self._pending = self.turn.on_event(event)
-            if self.turn.wants_stop and not self._done and not self._stopping:
-                self._stopping = True
-                self.turn.stop_early()
-                self._handle.cancel()
-        return self._pending.pop(0)
-
-    async def aclose(self) -> None:
-        if self._done:
-            return
-        self._handle.cancel()
-        while not self._done:
-            self._done = isinstance(await self._events.get(), Finished | Failed)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
-        if not self._done and hasattr(self, "_handle"):
-            self._handle.cancel()
-
-
-class ChatStream(_SyncStream[ChatCompletionChunk]):
-    turn: _ChatTurn
-
-
-class AsyncChatStream(_AsyncStream[ChatCompletionChunk]):
-    turn: _ChatTurn
-
-
-class CompletionStream(_SyncStream[Completion]):
-    turn: _CompletionTurn
-
-
-class AsyncCompletionStream(_AsyncStream[Completion]):
-    turn: _CompletionTurn
-
-
 # -- helpers -------------------------------------------------------------------------------------
 
 
@@ -1047,38 +763,6 @@ def _response_format_grammar(response_format: Mapping[str, Any] | None) -> str |
     )
 
 
-def _tool_call_deltas(deltas: Sequence[ToolCallDelta]) -> list[ChoiceDeltaToolCall]:
-    """Parser deltas -> OpenAI's: a call's header alone, then its argument fragments merged."""
-    out: list[ChoiceDeltaToolCall] = []
-    for d in deltas:
-        if d.name is not None:
-            out.append(
-                ChoiceDeltaToolCall(
-                    index=d.index,
-                    id=d.id,
-                    type="function",
-                    function=ChoiceDeltaToolCallFunction(name=d.name, arguments=""),
-                )
-            )
-            continue
-        last = out[-1] if out else None
-        if (
-            last is not None
-            and last.index == d.index
-            and last.id is None
-            and last.function is not None
-            and last.function.arguments is not None
-        ):
-            last.function.arguments += d.arguments
-        else:
-            out.append(
-                ChoiceDeltaToolCall(
-                    index=d.index, function=ChoiceDeltaToolCallFunction(arguments=d.arguments)
-                )
-            )
-    return out
-
-
 def _with_system_text(messages: Messages, text: str) -> list[Mapping[str, Any]]:
     """`messages` with `text` added to the system message (a new one if there is none)."""
     out = list(messages)
@@ -1101,4 +785,4 @@ def _token_list(value: Any, param: str) -> list[int]:
     return list(value)
 
 
-__all__ = ["AsyncChatStream", "AsyncCompletionStream", "ChatStream", "CompletionStream", "Kronk"]
+__all__ = ["Kronk"]

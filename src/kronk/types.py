@@ -17,11 +17,18 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
 class CompletionUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails = Field(
+        default_factory=CompletionTokensDetails
+    )
     # kronk timings, in seconds and tokens per second
     time_to_first_token: float = 0.0
     queue_seconds: float = 0.0
@@ -119,6 +126,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: CompletionUsage | None = None  # on the last chunk
+    system_fingerprint: str | None = None
 
 
 class CompletionLogprobs(BaseModel):
@@ -144,6 +152,7 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: CompletionUsage | None = None
+    system_fingerprint: str | None = None
 
 
 class Embedding(BaseModel):

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 from fastapi import FastAPI
 
+from kronk.models.aliases import AliasResolver
 from kronk.models.resolver import ResolvedModel, StaticResolver
 from kronk.pool import ModelPool
 from kronk.server.app import create_app
@@ -55,6 +57,16 @@ class LiveServer:
     def async_openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
             base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0, **kwargs
+        )
+
+    def anthropic(self, **kwargs: Any) -> anthropic.Anthropic:
+        return anthropic.Anthropic(
+            base_url=self.base_url, api_key="unused", max_retries=0, **kwargs
+        )
+
+    def async_anthropic(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            base_url=self.base_url, api_key="unused", max_retries=0, **kwargs
         )
 
     def http(self, **kwargs: Any) -> httpx.Client:
@@ -90,6 +102,8 @@ def live_server(
     preload: str | None = None,
     graceful_timeout: float = 30.0,
     home: Path | None = None,
+    aliases: Mapping[str, str] | None = None,
+    keepalive: float = 5.0,
 ) -> Iterator[LiveServer]:
     resolved = {
         name: m if isinstance(m, ResolvedModel) else ResolvedModel(id=name, path=m)
@@ -105,10 +119,11 @@ def live_server(
         model=preload,
         graceful_timeout=graceful_timeout,
         log_level="warning",
+        keepalive=keepalive,
     )
     defaults = {"n_threads": 2, **(load_defaults or {})}
     pool = ModelPool(
-        StaticResolver(resolved),
+        AliasResolver(StaticResolver(resolved), aliases),
         models_max=models_max,
         ttl_seconds=ttl_seconds,
         load_defaults=defaults,

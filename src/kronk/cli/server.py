@@ -28,6 +28,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from kronk.errors import ConfigError, KronkError
+from kronk.models.aliases import parse_alias
 from kronk.pool import ModelPool, PoolEvent
 from kronk.server.settings import ServerSettings, home_folder
 
@@ -110,6 +111,26 @@ def start(
         str | None,
         typer.Option(help="Flash attention: auto|on|off (env: KRONK_FLASH_ATTN; default: auto)"),
     ] = None,
+    spec: Annotated[
+        str | None,
+        typer.Option(
+            help="Speculative decoding: auto (n-gram drafts where they pay), ngram, draft "
+            "(a draft model), off (env: KRONK_SPEC; default: auto)"
+        ),
+    ] = None,
+    draft_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Draft model (id or .gguf) with the target's vocabulary; default for "
+            "--spec draft: the one the catalog names (env: KRONK_DRAFT_MODEL)"
+        ),
+    ] = None,
+    draft_max: Annotated[
+        int | None,
+        typer.Option(
+            help="Most draft tokens a slot verifies per step (env: KRONK_DRAFT_MAX; default: 16)"
+        ),
+    ] = None,
     log_level: Annotated[
         str | None,
         typer.Option(
@@ -121,6 +142,20 @@ def start(
         typer.Option(
             help="Seconds in-flight requests get to finish on stop "
             "(env: KRONK_GRACEFUL_TIMEOUT; default: 30)"
+        ),
+    ] = None,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=MODEL: serve MODEL under another name too; repeatable; globs allowed, "
+            "e.g. --alias 'claude-*=qwen2.5-coder-0.5b-instruct' (config: aliases:)"
+        ),
+    ] = None,
+    keepalive: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between keep-alives on streams still queued or prefilling "
+            "(env: KRONK_KEEPALIVE; default: 5)"
         ),
     ] = None,
     detach: Annotated[
@@ -142,10 +177,16 @@ def start(
         "cache_type_k": cache_type_k,
         "cache_type_v": cache_type_v,
         "flash_attn": flash_attn,
+        "spec": spec.lower() if spec else None,
+        "draft_model": draft_model,
+        "draft_max": draft_max,
         "log_level": log_level.lower() if log_level else None,
         "graceful_timeout": graceful_timeout,
+        "keepalive": keepalive,
+        "aliases": None,  # parsed below, where a bad one is reported as an error
     }
     try:
+        flags["aliases"] = dict(parse_alias(a) for a in alias) if alias else None
         settings = ServerSettings.load(flags)
     except ConfigError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
@@ -254,7 +295,10 @@ def _start_detached(settings: ServerSettings, flags: dict[str, Any]) -> int:
         return 1
     argv = [sys.executable, "-m", "kronk.cli.main", "server", "start"]
     for name, value in {**flags, "home": settings.home}.items():
-        if value is not None:
+        if name == "aliases":
+            for alias, target in (value or {}).items():
+                argv += ["--alias", f"{alias}={target}"]
+        elif value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
     settings.paths.logs_dir.mkdir(parents=True, exist_ok=True)
     with settings.log_file.open("ab") as log_file:

@@ -33,6 +33,7 @@ from kronk.errors import CatalogError, InvalidRequestError, ModelNotFoundError
 from kronk.home import KronkHome
 from kronk.models.files import atomic_write_bytes
 from kronk.models.names import check_file_name, check_model_id
+from kronk.options import SCALAR_SAMPLER_FIELDS
 
 log = logging.getLogger("kronk.models")
 
@@ -50,26 +51,7 @@ CAPABILITIES: tuple[str, ...] = (
 # The sampler settings a catalog may default (`kronk.options.SamplingOptions` fields that
 # configure the sampler chain; request-only fields such as stop or max_tokens are not
 # model defaults). tests/test_catalog.py checks these stay SamplingOptions fields.
-SAMPLING_KEYS: frozenset[str] = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "top_k",
-        "min_p",
-        "typical_p",
-        "presence_penalty",
-        "frequency_penalty",
-        "repeat_penalty",
-        "repeat_last_n",
-        "dry_multiplier",
-        "dry_base",
-        "dry_allowed_length",
-        "dry_penalty_last_n",
-        "xtc_probability",
-        "xtc_threshold",
-        "seed",
-    }
-)
+SAMPLING_KEYS: frozenset[str] = frozenset(SCALAR_SAMPLER_FIELDS)  # sampling defaults' keys
 HF_ENDPOINT_ENV = "HF_ENDPOINT"
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 # A catalog is a few hundred KB at most; anything bigger is not a catalog.
@@ -243,6 +225,10 @@ class ModelDefaults(_Strict):
     n_ctx: int | None = Field(default=None, gt=0)
     n_seq_max: int | None = Field(default=None, gt=0)
     sampling: dict[str, float | int] = Field(default_factory=dict)
+    # Another model of the catalog, with this one's vocabulary, that drafts for it when
+    # speculative decoding is `draft` (docs/speculative.md). Only a suggestion: `auto` uses
+    # a draft model only when the user names one, since on a CPU it rarely pays.
+    draft_model: str | None = None
 
     @field_validator("sampling")
     @classmethod
@@ -340,6 +326,10 @@ class CatalogFile(_Strict):
             value = getattr(self, key)
             if value is not None and value not in ids:
                 raise ValueError(f"{key} {value!r} is not a model of this catalog")
+        for m in self.models:
+            draft = m.defaults.draft_model
+            if draft is not None and (draft not in ids or draft == m.id):
+                raise ValueError(f"{m.id}: draft_model {draft!r} is not another model here")
         return self
 
 
@@ -435,6 +425,11 @@ class Catalog:
 
     def find(self, model_id: str) -> CatalogEntry | None:
         return self._entries.get(model_id)
+
+    def draft_model_of(self, model_id: str) -> str | None:
+        """The id of the draft model the entry `model_id` names, if any."""
+        entry = self._entries.get(model_id)
+        return entry.defaults.draft_model if entry is not None else None
 
     def get(self, model_id: str) -> CatalogEntry:
         """The entry, or `ModelNotFoundError` naming the command that lists the catalog."""

@@ -1,10 +1,11 @@
-"""The FastAPI application: routes, OpenAI-shaped errors, draining and the lifespan.
+"""The FastAPI application: each protocol's router, draining and the lifespan.
 
     app = create_app(ModelPool(resolver), settings=ServerSettings.load())
 
-Every error leaves as OpenAI's error object (see `openai/errors.py`); malformed
-input is a 400, never a 500. While the server drains for a graceful shutdown,
-requests already in flight finish and new ones get 503.
+Each protocol's router renders its own errors (see `errors.py`); what happens outside
+any route (an unknown path, draining) is rendered in the shape of the protocol whose
+paths it is under. Malformed input is a 400, never a 500. While the server drains for
+a graceful shutdown, requests already in flight finish and new ones get 503.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kronk.errors import KronkError
 from kronk.pool import ModelPool
-from kronk.server.openai.errors import APIError, api_error, validation_error
-from kronk.server.openai.routes import router as openai_router
+from kronk.server import health
+from kronk.server.anthropic import RequestIdMiddleware
+from kronk.server.anthropic import router as anthropic_router
+from kronk.server.errors import ErrorInfo, error_info, render_for_path
+from kronk.server.ollama import router as ollama_router
+from kronk.server.openai import router as openai_router
 from kronk.server.settings import ServerSettings
 from kronk.server.state import ServerState
 from kronk.server.telemetry import install_telemetry
@@ -47,14 +52,8 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         if self.state.draining:
-            error = APIError(
-                503,
-                "the server is shutting down",
-                "service_unavailable_error",
-                None,
-                "shutting_down",
-            )
-            await error.response()(scope, receive, send)
+            info = ErrorInfo("unavailable", "the server is shutting down", None, "shutting_down")
+            await render_for_path(info, scope["path"])(scope, receive, send)
             return
         self.state.request_started()
         try:
@@ -125,41 +124,31 @@ def create_app(
         redoc_url=None,
     )
     app.state.kronk = state
+    app.include_router(health.router)
     app.include_router(openai_router)
+    app.include_router(ollama_router)
+    app.include_router(anthropic_router)
     _install_error_handlers(app)
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(DrainMiddleware, state=state)
+    app.add_middleware(RequestIdMiddleware)
     install_telemetry(app, pool)  # outermost: times everything, 503s included
     return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    async def on_kronk_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, KronkError)
-        error = api_error(exc, request.url.path)
-        if error.status >= 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return error.response()
+    """For errors raised outside a protocol router's routes (unknown paths, wrong
+    methods, ...): rendered by the protocol whose paths they are under."""
 
-    async def on_validation_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
-        return validation_error(exc.errors()).response()
+    async def on_error(request: Request, exc: Exception) -> Response:
+        info = error_info(exc)
+        if info is None:
+            log.exception("%s %s crashed", request.method, request.url.path, exc_info=exc)
+            info = ErrorInfo("server", f"internal error: {type(exc).__name__}")
+        return render_for_path(info, request.url.path)
 
-    async def on_http_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        body = APIError(exc.status_code, str(exc.detail), kind, None, code).body()
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("%s %s crashed", request.method, request.url.path, exc_info=exc)
-        return APIError(500, f"internal error: {type(exc).__name__}", "server_error").response()
-
-    app.add_exception_handler(KronkError, on_kronk_error)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(HTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    for kind in (KronkError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(kind, on_error)
 
 
 __all__ = ["DrainMiddleware", "JsonBodyMiddleware", "create_app"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kronk.errors import ConfigError, ModelNotFoundError
+from kronk.models.aliases import AliasResolver
 from kronk.models.resolver import ModelResolver, ResolvedModel, StaticResolver
 from kronk.models.store import ModelStore
 from kronk.server.settings import ServerSettings
@@ -46,17 +47,19 @@ def store_resolver(settings: ServerSettings) -> ModelResolver:
 
 def build_resolver(
     settings: ServerSettings, base: ModelResolver | None = None
-) -> tuple[ModelResolver, ServerSettings]:
-    """The server's resolver, and `settings` with a `--model` path replaced by its id."""
+) -> tuple[AliasResolver, ServerSettings]:
+    """The server's resolver (the store, a `--model` file, the alias map), and
+    `settings` with a `--model` path replaced by its id."""
     resolver = base if base is not None else store_resolver(settings)
-    if settings.model is None or not is_model_path(settings.model):
-        return resolver, settings
-    path = Path(settings.model).expanduser().absolute()
-    if not path.is_file():
-        raise ConfigError(f"--model {settings.model}: no such file")
-    model_id = path.stem
-    explicit = StaticResolver({model_id: ResolvedModel(id=model_id, path=path, owned_by="local")})
-    return ChainResolver(explicit, resolver), settings.model_copy(update={"model": model_id})
+    if settings.model is not None and is_model_path(settings.model):
+        path = Path(settings.model).expanduser().absolute()
+        if not path.is_file():
+            raise ConfigError(f"--model {settings.model}: no such file")
+        model_id = path.stem
+        local = ResolvedModel(id=model_id, path=path, owned_by="local")
+        resolver = ChainResolver(StaticResolver({model_id: local}), resolver)
+        settings = settings.model_copy(update={"model": model_id})
+    return AliasResolver(resolver, settings.aliases), settings
 
 
 __all__ = ["ChainResolver", "build_resolver", "is_model_path", "store_resolver"]

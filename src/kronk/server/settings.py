@@ -33,6 +33,9 @@ Parallel = Annotated[int | None, Field(ge=1, le=256)]  # slots per model
 CtxSize = Annotated[int | None, Field(ge=8)]  # context window per slot
 Threads = Annotated[int | None, Field(ge=1)]
 MaxQueue = Annotated[int | None, Field(ge=0)]  # requests waiting for a slot, per model
+# Speculative decoding (kronk.engine.speculative; docs/speculative.md).
+SpecMode = Literal["auto", "ngram", "draft", "off"]
+DraftMax = Annotated[int | None, Field(ge=1, le=64)]  # draft tokens a slot verifies a step
 
 # Setting name -> its environment variable.
 ENVIRONMENT: dict[str, str] = {
@@ -50,6 +53,10 @@ ENVIRONMENT: dict[str, str] = {
     "flash_attn": "KRONK_FLASH_ATTN",
     "log_level": "KRONK_LOG_LEVEL",
     "graceful_timeout": "KRONK_GRACEFUL_TIMEOUT",
+    "keepalive": "KRONK_KEEPALIVE",
+    "spec": "KRONK_SPEC",
+    "draft_model": "KRONK_DRAFT_MODEL",
+    "draft_max": "KRONK_DRAFT_MAX",
 }
 
 
@@ -72,6 +79,9 @@ class ModelSettings(BaseModel):
     cache_type_v: CacheType | None = None
     flash_attn: FlashAttention | None = None
     batch_invariant: bool | None = None
+    spec: SpecMode | None = None
+    draft_model: str | None = None  # a model id or a GGUF path with this model's vocabulary
+    draft_max: DraftMax = None
     # Sampling defaults (temperature, top_k, ...), over the catalog entry's, key by key.
     sampling: dict[str, float | int] | None = None
 
@@ -96,6 +106,9 @@ class ModelSettings(BaseModel):
             "cache_type_v": self.cache_type_v,
             "flash_attn": self.flash_attn,
             "batch_invariant": self.batch_invariant,
+            "speculative": self.spec,
+            "draft_model": self.draft_model,
+            "draft_max": self.draft_max,
             "sampling_defaults": self.sampling,
         }
         return {key: value for key, value in chosen.items() if value is not None}
@@ -120,8 +133,17 @@ class ServerSettings(BaseModel):
     cache_type_k: CacheType | None = None  # KV cache element types, per model
     cache_type_v: CacheType | None = None
     flash_attn: FlashAttention | None = None
+    spec: SpecMode | None = None  # None: the SDK's default, auto
+    draft_model: str | None = None
+    draft_max: DraftMax = None
     log_level: LogLevel = "info"
     graceful_timeout: float = Field(30.0, ge=0)  # seconds in-flight requests get to finish
+    # Seconds between keep-alives on a stream that has nothing to send yet (queued or
+    # prefilling): an SSE comment for OpenAI, a ping event for Anthropic.
+    keepalive: float = Field(5.0, gt=0)
+    # Model names that stand for others: {"claude-*": "qwen2.5-coder-0.5b-instruct"}.
+    # Globs allowed; from the config file's `aliases:` section and `--alias NAME=MODEL`.
+    aliases: dict[str, str] = Field(default_factory=dict)
     # Per-model settings, from the config file's `models:` section only.
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 
@@ -155,6 +177,9 @@ class ServerSettings(BaseModel):
             cache_type_k=self.cache_type_k,
             cache_type_v=self.cache_type_v,
             flash_attn=self.flash_attn,
+            spec=self.spec,
+            draft_model=self.draft_model,
+            draft_max=self.draft_max,
         ).load_options()
 
     def model_options(self) -> dict[str, dict[str, Any]]:
@@ -183,6 +208,7 @@ class ServerSettings(BaseModel):
             values[key] = value
             sources[key] = f"{config_file} (server.{key})"
         models = _models_section(config_file, config)
+        aliases = _aliases_section(config_file, config)
         for key, var in ENVIRONMENT.items():
             raw = environ.get(var)
             if raw is not None and raw.strip() != "":
@@ -191,10 +217,15 @@ class ServerSettings(BaseModel):
         for key, value in flags.items():
             if key not in cls.model_fields:
                 raise ConfigError(f"unknown server setting {key!r}")
+            if key == "aliases":  # --alias adds to (and overrides) the config's aliases
+                aliases = {**aliases, **value}
+                continue
             values[key] = value
             sources[key] = f"--{key.replace('_', '-')}"
         try:
-            return cls.model_validate({**values, "home": home, "models": models})
+            return cls.model_validate(
+                {**values, "home": home, "models": models, "aliases": aliases}
+            )
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = [str(part) for part in err["loc"]]
@@ -235,14 +266,28 @@ def _server_section(path: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for raw_key, value in section.items():
         key = str(raw_key).replace("-", "_")
-        if key in ("home", "models"):
+        if key in ("home", "models", "aliases"):
             where = "inside the home folder's config" if key == "home" else "in 'server'"
             raise ConfigError(f"{path}: '{key}' cannot be set {where}")
         if key not in ServerSettings.model_fields:
-            known = ", ".join(k for k in ServerSettings.model_fields if k not in ("home", "models"))
+            known = ", ".join(
+                k for k in ServerSettings.model_fields if k not in ("home", "models", "aliases")
+            )
             raise ConfigError(f"{path}: unknown server setting {raw_key!r} (known: {known})")
         out[key] = value
     return out
+
+
+def _aliases_section(path: Path, config: Mapping[str, Any]) -> dict[str, str]:
+    """The `aliases:` section: name (or glob) -> model id."""
+    section = config.get("aliases")
+    if section is None:
+        return {}
+    if not isinstance(section, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and v for k, v in section.items()
+    ):
+        raise ConfigError(f"{path}: 'aliases' must map names (or globs) to model ids")
+    return dict(section)
 
 
 def _models_section(path: Path, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -19,37 +19,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kronk.errors import InvalidRequestError, UnsupportedFeatureError
+from kronk.options import SamplingOptions, sampler_kwargs
 
 StopParam = str | list[str]
 TokenIds = list[Annotated[int, Field(ge=0)]]
 PromptParam = str | list[str] | TokenIds | list[TokenIds]
-
-
-# The SDK's sampling parameter names (kronk.options.SamplingOptions) the protocols share.
-SAMPLING_PARAMS = (
-    "temperature",
-    "top_p",
-    "seed",
-    "stop",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "n",
-    "top_k",
-    "min_p",
-    "typical_p",
-    "repeat_penalty",
-    "repeat_last_n",
-    "dry_multiplier",
-    "dry_base",
-    "dry_allowed_length",
-    "dry_penalty_last_n",
-    "dry_sequence_breakers",
-    "xtc_probability",
-    "xtc_threshold",
-    "grammar",
-    "ignore_eos",
-)
 
 
 class RequestModel(BaseModel):
@@ -110,33 +84,11 @@ def check_body(body: Any) -> None:
         stack.extend(reversed(children))  # popped in document order
 
 
-class SamplingFields(RequestBody):
-    """What every generation endpoint takes. None means "the model's default"."""
+class SamplingFields(RequestBody, SamplingOptions):
+    """What every generation endpoint takes: kronk's one declaration of the sampling
+    parameters and their bounds (`kronk.options.SamplingOptions`), plus OpenAI's
+    bookkeeping fields. None means "the model's default"."""
 
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, ge=0, le=1)
-    seed: int | None = None
-    stop: StopParam | None = None
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
-    n: int = Field(1, ge=1)
-    user: str | None = None
-    # llama.cpp samplers (llama-server's names)
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
-    typical_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, ge=0)
-    repeat_last_n: int | None = Field(None, ge=-1)
-    dry_multiplier: float | None = Field(None, ge=0)
-    dry_base: float | None = Field(None, ge=1)
-    dry_allowed_length: int | None = Field(None, ge=0)
-    dry_penalty_last_n: int | None = Field(None, ge=-1)
-    dry_sequence_breakers: list[str] | None = None
-    xtc_probability: float | None = Field(None, ge=0, le=1)
-    xtc_threshold: float | None = Field(None, ge=0, le=1)
-    grammar: str | None = None  # GBNF
-    ignore_eos: bool | None = None
     # Accepted and ignored: OpenAI's bookkeeping fields, and llama-server hints that
     # kronk always follows anyway (it always reuses cached prompt prefixes).
     metadata: dict[str, Any] | None = None
@@ -149,9 +101,8 @@ class SamplingFields(RequestBody):
     id_slot: int | None = None
 
     def sampling_kwargs(self) -> dict[str, Any]:
-        """The sampling parameters that were set, as Kronk keyword arguments."""
-        out = {name: getattr(self, name) for name in SAMPLING_PARAMS}
-        return {name: value for name, value in out.items() if value is not None}
+        """The sampler parameters that were set, as Kronk keyword arguments."""
+        return sampler_kwargs(self)
 
 
 class StreamOptions(RequestModel):
@@ -239,8 +190,6 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None

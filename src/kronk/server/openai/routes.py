@@ -1,13 +1,14 @@
 """Serving logic of the OpenAI-compatible API.
 
-Each endpoint leases its model from the pool, turns the validated request into a
-`Kronk` call, and turns the SDK's OpenAI-shaped results back into JSON or a
-server-sent event stream. Everything that can fail on bad input fails before the
-first byte is sent, so errors get their proper status; a failure mid-stream becomes
-an error event.
+Each endpoint leases its model from the pool, turns the validated request into
+`Kronk` event streams (prepared in worker threads), and builds OpenAI's objects from
+the neutral events with `kronk.openai_objects`, as JSON or server-sent events.
+Everything that can fail on bad input fails before the first byte is sent, so errors
+get their proper status; a failure mid-stream becomes an error event. Every route
+also answers without the `/v1` prefix, as llama-server does.
 
 A client that goes away frees its slot at once: streams watch for the ASGI
-disconnect message and close the SDK stream (which cancels the request in the
+disconnect message and close their event streams (which cancels the requests in the
 engine); non-streamed requests race their work against the disconnect.
 """
 
@@ -15,124 +16,72 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import json
-import logging
 import math
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import asdict
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import JSONResponse, Response
 
+from kronk.chat.events import ChatEvent
 from kronk.errors import InvalidRequestError, KronkError, UnsupportedFeatureError
+from kronk.models.aliases import AliasResolver, is_glob
 from kronk.models.resolver import ResolvedModel
-from kronk.models.store import require_capability
-from kronk.pool import ModelLease
-from kronk.sdk import AsyncChatStream, AsyncCompletionStream
-from kronk.server.openai.errors import api_error
+from kronk.openai_objects import ChatCompletionBuilder, CompletionBuilder
+from kronk.server.common import (
+    acquire,
+    batches,
+    close_all,
+    closer,
+    collect,
+    server_state,
+    start_all,
+)
+from kronk.server.errors import protocol_route
+from kronk.server.openai.errors import error_body, render
 from kronk.server.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
-    ResponsesRequest,
     TokenizeRequest,
     template_messages,
 )
-from kronk.server.state import ServerState
-from kronk.types import ChatCompletionChunk, Completion, CompletionUsage
-
-log = logging.getLogger("kronk.server")
+from kronk.server.sse import (
+    CLIENT_CLOSED,
+    SSE_DONE,
+    EventStreamResponse,
+    sse,
+    sse_comment,
+    unless_disconnected,
+    with_keepalive,
+)
+from kronk.streams import AsyncEventStream
+from kronk.types import ChatCompletion, ChatCompletionChunk, Completion, CompletionUsage
 
 T = TypeVar("T")
-CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, the log does
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 
-router = APIRouter()
-
-
-def server_state(request: Request) -> ServerState:
-    state: ServerState = request.app.state.kronk
-    return state
+router = APIRouter(route_class=protocol_route(render))
+KEEPALIVE = sse_comment("keep-alive")
 
 
-# -- plumbing: SSE and disconnects ---------------------------------------------------------
+def openai_route(path: str, method: str = "POST") -> Callable[[Endpoint], Endpoint]:
+    """Register a route at `/v1{path}` and, for clients with a bare base URL, `{path}`."""
 
-
-def sse(data: Any, event: str | None = None) -> bytes:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {payload}\n\n".encode()
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-class EventStreamResponse(StreamingResponse):
-    """A `text/event-stream` response that stops, and runs `cleanup`, as soon as the
-    client disconnects, rather than when the stream would have ended on its own."""
-
-    def __init__(
-        self, events: AsyncIterator[bytes], cleanup: Callable[[], Awaitable[None]]
-    ) -> None:
-        super().__init__(
-            events,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    def register(endpoint: Endpoint) -> Endpoint:
+        router.add_api_route(f"/v1{path}", endpoint, methods=[method], response_model=None)
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            response_model=None,
+            include_in_schema=False,
         )
-        self._events = events
-        self._cleanup = cleanup
+        return endpoint
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(_wait_for_disconnect(receive))
-        try:
-            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (pump, watch):
-                task.cancel()
-            # Shielded: a server shutting down must still free the slot and the lease.
-            await asyncio.shield(self._close())
-        if pump.done() and not pump.cancelled() and pump.exception() is not None:
-            raise pump.exception()  # type: ignore[misc]
-
-    async def _pump(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        async for chunk in self._events:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _close(self) -> None:
-        with contextlib.suppress(BaseException):
-            await self._events.aclose()  # type: ignore[attr-defined]
-        await self._cleanup()
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Await `work`, cancelling it if the client disconnects first (then None)."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_wait_for_disconnect(request.receive))
-    try:
-        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        return None
-    return task.result()
+    return register
 
 
 def _prune(value: Any) -> Any:
@@ -144,82 +93,57 @@ def _prune(value: Any) -> Any:
     return value
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        return value
-    dumped: dict[str, Any] = value.model_dump(mode="json")
-    return dumped
+def choice_kwargs(kwargs: dict[str, Any], index: int) -> dict[str, Any]:
+    """The parameters of choice `index` of n: with a seed, each choice gets its own."""
+    if index == 0 or kwargs.get("seed") is None:
+        return kwargs
+    return {**kwargs, "seed": (kwargs["seed"] + index) % 2**32}
 
 
-def _usage_json(usage: CompletionUsage) -> dict[str, Any]:
-    return usage.model_dump(mode="json")
-
-
-async def _acquire(request: Request, model: str, capability: str | None = None) -> ModelLease:
-    """Lease `model`; with `capability`, first refuse (without loading anything) a model
-    whose catalog entry says it can't do that (e.g. chat with an embedding model)."""
-    pool = server_state(request).pool
-    if capability is not None:
-        require_capability(pool.resolve(model), capability)
-    return await pool.acquire(model)
-
-
-# -- chat completions ----------------------------------------------------------------------
-
-
-@router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    messages = body.messages_for_template()
-    kwargs = body.kronk_kwargs()
-    lease = await _acquire(request, body.model, "chat")
-    try:
-        stream = lease.kronk.achat_stream(messages, **kwargs)
-    except BaseException:
-        lease.release()
-        raise
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventStreamResponse(
-            _chat_events(stream, include_usage, request.url.path),
-            _closer(stream.aclose, lease),
+def sum_usage(usages: Sequence[CompletionUsage], *, same_prompt: bool) -> CompletionUsage:
+    """Usage of several choices: completion tokens add up; a prompt shared by all the
+    choices (n > 1) counts once, as OpenAI counts it."""
+    if len(usages) == 1:
+        return usages[0]
+    total = usages[0].model_copy(deep=True)
+    for u in usages[1:]:
+        if not same_prompt:
+            total.prompt_tokens += u.prompt_tokens
+            total.prompt_tokens_details.cached_tokens += u.prompt_tokens_details.cached_tokens
+        total.completion_tokens += u.completion_tokens
+        total.completion_tokens_details.reasoning_tokens += (
+            u.completion_tokens_details.reasoning_tokens
         )
+    total.total_tokens = total.prompt_tokens + total.completion_tokens
+    return total
+
+
+async def merge(streams: Sequence[AsyncEventStream]) -> AsyncIterator[tuple[int, list[ChatEvent]]]:
+    """The event batches of several streams as they come, each with its stream's index."""
+    iterators = [batches(s) for s in streams]
+    pending: dict[asyncio.Future[list[ChatEvent]], int] = {
+        asyncio.ensure_future(anext(it)): i for i, it in enumerate(iterators)
+    }
     try:
-        done = await unless_disconnected(request, _drain(stream))
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                try:
+                    batch = future.result()
+                except StopAsyncIteration:
+                    continue
+                pending[asyncio.ensure_future(anext(iterators[i]))] = i
+                yield i, batch
     finally:
-        await stream.aclose()
-        lease.release()
-    if done is None:
-        return Response(status_code=CLIENT_CLOSED)
-    completion = stream.turn.result()
-    data = completion.model_dump(mode="json")
-    for choice in data["choices"]:
-        choice["message"] = _prune(choice["message"])
-        if choice["message"].get("content") is None:
-            choice["message"]["content"] = None
-    return JSONResponse(data)
-
-
-def _closer(
-    close: Callable[[], Awaitable[None]], lease: ModelLease
-) -> Callable[[], Awaitable[None]]:
-    async def cleanup() -> None:
-        try:
-            await close()
-        finally:
-            lease.release()
-
-    return cleanup
-
-
-async def _drain(stream: AsyncChatStream | AsyncCompletionStream) -> bool:
-    async for _ in stream:
-        pass
-    return True
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def chunk_json(chunk: ChatCompletionChunk | Completion, include_usage: bool) -> dict[str, Any]:
-    """An SDK chunk as OpenAI streams it: unset delta fields left out, usage only in
-    its own final chunk (and as null before it when the client asked for usage)."""
+    """A chunk as OpenAI streams it: unset delta fields left out, usage only in its own
+    final chunk (and as null before it when the client asked for usage)."""
     data = chunk.model_dump(mode="json")
     data.pop("usage", None)
     if include_usage:
@@ -242,478 +166,167 @@ def usage_chunk(chunk: ChatCompletionChunk | Completion, usage: CompletionUsage)
         "object": chunk.object,
         "created": chunk.created,
         "model": chunk.model,
+        "system_fingerprint": chunk.system_fingerprint,
         "choices": [],
-        "usage": _usage_json(usage),
+        "usage": usage.model_dump(mode="json"),
     }
 
 
-async def _chat_events(
-    stream: AsyncChatStream, include_usage: bool, path: str
+Builder = ChatCompletionBuilder | CompletionBuilder
+
+
+async def _stream_choices(
+    streams: Sequence[AsyncEventStream],
+    builders: Sequence[Builder],
+    include_usage: bool,
+    same_prompt: bool,
+    path: str,
 ) -> AsyncIterator[bytes]:
+    """Server-sent chunks of every choice, as each choice's events come."""
+    usages: list[CompletionUsage] = []
+    last: ChatCompletionChunk | Completion | None = None
     try:
-        async for chunk in stream:
-            yield sse(chunk_json(chunk, include_usage))
-            if chunk.usage is not None and include_usage:
-                yield sse(usage_chunk(chunk, chunk.usage))
+        for builder in builders:
+            for chunk in builder.first_chunks():
+                yield sse(chunk_json(chunk, include_usage))
+        async for index, batch in merge(streams):
+            for chunk in builders[index].on_events(batch):
+                last = chunk
+                if chunk.usage is not None:
+                    usages.append(chunk.usage)
+                yield sse(chunk_json(chunk, include_usage))
+        if include_usage and last is not None and usages:
+            yield sse(usage_chunk(last, sum_usage(usages, same_prompt=same_prompt)))
     except KronkError as exc:
-        log.warning("chat stream failed: %s", exc)
-        yield sse(api_error(exc, path).body())
+        yield sse(error_body(exc, path))
     yield SSE_DONE
+
+
+async def _answer(
+    request: Request,
+    streams: Sequence[AsyncEventStream],
+    builders: Sequence[Builder],
+    lease_release: Callable[[], None],
+) -> bool:
+    """Run every choice to its end (False if the client went away first)."""
+    try:
+        done = await unless_disconnected(request, asyncio.gather(*map(collect, streams)))
+    finally:
+        await close_all(streams)
+        lease_release()
+    if done is None:
+        return False
+    for builder, events in zip(builders, done, strict=True):
+        builder.on_events(events)
+    return True
+
+
+def _keepalive_interval(request: Request) -> float:
+    return server_state(request).settings.keepalive
+
+
+# -- chat completions ----------------------------------------------------------------------
+
+
+@openai_route("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    messages = body.messages_for_template()
+    kwargs = body.kronk_kwargs()
+    lease = await acquire(request, body.model, "chat")
+    try:
+        streams = [
+            lease.kronk.achat_events(messages, **choice_kwargs(kwargs, i)) for i in range(body.n)
+        ]
+    except BaseException:
+        lease.release()
+        raise
+    await start_all(streams, lease)
+    first = ChatCompletionBuilder(lease.model_id)
+    builders = [first] + [
+        ChatCompletionBuilder(lease.model_id, index=i, id=first.id) for i in range(1, body.n)
+    ]
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _stream_choices(streams, builders, include_usage, True, request.url.path)
+        return EventStreamResponse(
+            with_keepalive(events, KEEPALIVE, _keepalive_interval(request)),
+            closer(streams, lease),
+        )
+    if not await _answer(request, streams, builders, lease.release):
+        return Response(status_code=CLIENT_CLOSED)
+    results = [b.result() for b in builders if isinstance(b, ChatCompletionBuilder)]
+    return JSONResponse(_chat_json(results))
+
+
+def _chat_json(results: list[ChatCompletion]) -> dict[str, Any]:
+    data = results[0].model_dump(mode="json")
+    data["choices"] = []
+    for result in results:
+        choice = result.choices[0].model_dump(mode="json")
+        message = _prune(choice["message"])
+        message.setdefault("content", None)  # OpenAI sends content: null with tool calls
+        choice["message"] = message
+        data["choices"].append(choice)
+    usage = sum_usage([r.usage for r in results], same_prompt=True)
+    data["usage"] = usage.model_dump(mode="json")
+    return data
 
 
 # -- completions (legacy) ------------------------------------------------------------------
 
 
-@router.post("/v1/completions", response_model=None)
+@openai_route("/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
     prompts = body.prompts()
     kwargs = body.kronk_kwargs()
-    lease = await _acquire(request, body.model)
-    streams: list[AsyncCompletionStream] = []
+    lease = await acquire(request, body.model)
+    kronk = lease.kronk
+    streams: list[AsyncEventStream] = []
+    builders: list[Builder] = []
     try:
         for prompt in prompts:
-            streams.append(lease.kronk.acomplete_stream(prompt, suffix=body.suffix, **kwargs))
+            echo = kronk.echo_text(prompt, kwargs)
+            for i in range(body.n):
+                builders.append(CompletionBuilder(lease.model_id, echo=echo, index=len(builders)))
+                choice = choice_kwargs(kwargs, i)
+                streams.append(kronk.acomplete_events(prompt, suffix=body.suffix, **choice))
     except BaseException:
-        for opened in streams:
-            await opened.aclose()
         lease.release()
         raise
-
-    async def close_all() -> None:
-        for opened in streams:
-            await opened.aclose()
-
+    await start_all(streams, lease)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _stream_choices(streams, builders, include_usage, False, request.url.path)
         return EventStreamResponse(
-            _completion_events(streams, include_usage, request.url.path),
-            _closer(close_all, lease),
+            with_keepalive(events, KEEPALIVE, _keepalive_interval(request)),
+            closer(streams, lease),
         )
-    try:
-        done = await unless_disconnected(request, asyncio.gather(*map(_drain, streams)))
-    finally:
-        await close_all()
-        lease.release()
-    if done is None:
+    if not await _answer(request, streams, builders, lease.release):
         return Response(status_code=CLIENT_CLOSED)
-    results = [s.turn.result() for s in streams]
+    results = [b.result() for b in builders if isinstance(b, CompletionBuilder)]
     data = results[0].model_dump(mode="json")
-    data["choices"] = []
-    for i, result in enumerate(results):
-        choice = result.choices[0].model_dump(mode="json")
-        choice["index"] = i
-        data["choices"].append(choice)
-    data["usage"] = _usage_json(_sum_usage([r.usage for r in results if r.usage is not None]))
+    data["choices"] = [r.choices[0].model_dump(mode="json") for r in results]
+    usage = _completion_usage(results, body.n)
+    data["usage"] = usage.model_dump(mode="json")
     return JSONResponse(data)
 
 
-def _sum_usage(usages: Sequence[CompletionUsage]) -> CompletionUsage:
-    if len(usages) == 1:
-        return usages[0]
-    total = CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-    for u in usages:
-        total.prompt_tokens += u.prompt_tokens
-        total.completion_tokens += u.completion_tokens
-        total.total_tokens += u.total_tokens
-        total.prompt_tokens_details.cached_tokens += u.prompt_tokens_details.cached_tokens
-    return total
-
-
-async def _merge(streams: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
-    """Items of several streams as they come, each tagged with its stream's index."""
-    pending: dict[asyncio.Future[T], int] = {
-        asyncio.ensure_future(anext(s)): i for i, s in enumerate(streams)
-    }
-    try:
-        while pending:
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                i = pending.pop(future)
-                try:
-                    item = future.result()
-                except StopAsyncIteration:
-                    continue
-                pending[asyncio.ensure_future(anext(streams[i]))] = i
-                yield i, item
-    finally:
-        for future in pending:
-            future.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
-
-async def _completion_events(
-    streams: list[AsyncCompletionStream], include_usage: bool, path: str
-) -> AsyncIterator[bytes]:
-    usages: list[CompletionUsage] = []
-    last: Completion | None = None
-    try:
-        async for index, chunk in _merge(streams):
-            for choice in chunk.choices:
-                choice.index = index
-            last = chunk
-            if chunk.usage is not None:
-                usages.append(chunk.usage)
-            yield sse(chunk_json(chunk, include_usage))
-        if include_usage and last is not None and usages:
-            yield sse(usage_chunk(last, _sum_usage(usages)))
-    except KronkError as exc:
-        log.warning("completion stream failed: %s", exc)
-        yield sse(api_error(exc, path).body())
-    yield SSE_DONE
-
-
-# -- responses -----------------------------------------------------------------------------
-
-
-@router.post("/v1/responses", response_model=None)
-async def responses(body: ResponsesRequest, request: Request) -> Response:
-    messages = body.messages()
-    kwargs = body.kronk_kwargs()
-    lease = await _acquire(request, body.model, "chat")
-    try:
-        stream = lease.kronk.achat_stream(messages, **kwargs)
-    except BaseException:
-        lease.release()
-        raise
-    builder = ResponseBuilder(body, lease.model_id)
-    if body.stream:
-        return EventStreamResponse(
-            _response_events(stream, builder, request.url.path), _closer(stream.aclose, lease)
-        )
-
-    async def run() -> bool:
-        async for chunk in stream:
-            builder.on_chunk(chunk)
-        builder.finish()
-        return True
-
-    try:
-        done = await unless_disconnected(request, run())
-    finally:
-        await stream.aclose()
-        lease.release()
-    if done is None:
-        return Response(status_code=CLIENT_CLOSED)
-    return JSONResponse(builder.response())
-
-
-async def _response_events(
-    stream: AsyncChatStream, builder: ResponseBuilder, path: str
-) -> AsyncIterator[bytes]:
-    def out(events: list[dict[str, Any]]) -> list[bytes]:
-        return [sse(e, e["type"]) for e in events]
-
-    for item in out(builder.start()):
-        yield item
-    try:
-        async for chunk in stream:
-            for item in out(builder.on_chunk(chunk)):
-                yield item
-        events = builder.finish()
-    except KronkError as exc:
-        log.warning("responses stream failed: %s", exc)
-        events = builder.fail(exc, path)
-    for item in out(events):
-        yield item
-
-
-class ResponseBuilder:
-    """Turns chat chunks into a Responses API object and its streaming events.
-
-    Output items open as their first delta arrives: reasoning, then the message, then
-    each function call (keyed by the tool call's index), and all close at the end.
-    """
-
-    def __init__(self, request: ResponsesRequest, model_id: str) -> None:
-        self.request = request
-        self.id = f"resp_{uuid.uuid4().hex}"
-        self.model = model_id
-        self.created_at = int(time.time())
-        self.status = "in_progress"
-        self.output: list[dict[str, Any]] = []
-        self.usage: dict[str, Any] | None = None
-        self.error: dict[str, Any] | None = None
-        self.incomplete: dict[str, Any] | None = None
-        self._seq = 0
-        self._open: dict[str, dict[str, Any]] = {}  # "reasoning" | "message" | "call:N" -> item
-        self._finish_reason: str | None = None
-
-    # -- events --
-
-    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
-        event = {"type": kind, "sequence_number": self._seq, **fields}
-        self._seq += 1
-        return event
-
-    def start(self) -> list[dict[str, Any]]:
-        snapshot = self.response()
-        return [
-            self._event("response.created", response=snapshot),
-            self._event("response.in_progress", response=snapshot),
-        ]
-
-    def on_chunk(self, chunk: ChatCompletionChunk) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        if chunk.usage is not None:
-            self.usage = _response_usage(chunk.usage)
-        for choice in chunk.choices:
-            delta = choice.delta
-            if delta.reasoning_content:
-                events += self._reasoning_delta(delta.reasoning_content)
-            if delta.content:
-                logprobs = choice.logprobs.content if choice.logprobs else None
-                events += self._text_delta(delta.content, logprobs or [])
-            for call in getattr(delta, "tool_calls", None) or []:
-                events += self._call_delta(_as_dict(call))
-            if choice.finish_reason is not None:
-                self._finish_reason = choice.finish_reason
-        return events
-
-    def _add_item(self, key: str, item: dict[str, Any]) -> list[dict[str, Any]]:
-        self.output.append(item)
-        self._open[key] = item
-        index = len(self.output) - 1
-        return [self._event("response.output_item.added", output_index=index, item=dict(item))]
-
-    def _reasoning_delta(self, text: str) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        item = self._open.get("reasoning")
-        if item is None:
-            events += self._add_item(
-                "reasoning",
-                {"id": f"rs_{uuid.uuid4().hex}", "type": "reasoning", "summary": [], "content": []},
-            )
-            item = self._open["reasoning"]
-            item["content"].append({"type": "reasoning_text", "text": ""})
-        item["content"][0]["text"] += text
-        events.append(
-            self._event(
-                "response.reasoning_text.delta",
-                item_id=item["id"],
-                output_index=self.output.index(item),
-                content_index=0,
-                delta=text,
-            )
-        )
-        return events
-
-    def _text_delta(self, text: str, logprobs: list[Any]) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        item = self._open.get("message")
-        if item is None:
-            events += self._close("reasoning")
-            events += self._add_item(
-                "message",
-                {
-                    "id": f"msg_{uuid.uuid4().hex}",
-                    "type": "message",
-                    "status": "in_progress",
-                    "role": "assistant",
-                    "content": [],
-                },
-            )
-            item = self._open["message"]
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            item["content"].append(part)
-            events.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=item["id"],
-                    output_index=self.output.index(item),
-                    content_index=0,
-                    part=dict(part, logprobs=[]),
-                )
-            )
-        part = item["content"][0]
-        part["text"] += text
-        converted = [_response_logprob(lp) for lp in logprobs]
-        part["logprobs"] += converted
-        events.append(
-            self._event(
-                "response.output_text.delta",
-                item_id=item["id"],
-                output_index=self.output.index(item),
-                content_index=0,
-                delta=text,
-                logprobs=converted,
-            )
-        )
-        return events
-
-    def _call_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        key = f"call:{call.get('index', 0)}"
-        item = self._open.get(key)
-        function = call.get("function") or {}
-        if item is None:
-            events += self._close("reasoning") + self._close("message")
-            events += self._add_item(
-                key,
-                {
-                    "id": f"fc_{uuid.uuid4().hex}",
-                    "type": "function_call",
-                    "status": "in_progress",
-                    "call_id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}",
-                    "name": function.get("name") or "",
-                    "arguments": "",
-                },
-            )
-            item = self._open[key]
-        elif function.get("name"):
-            item["name"] += function["name"]
-        fragment = function.get("arguments") or ""
-        if fragment:
-            item["arguments"] += fragment
-            events.append(
-                self._event(
-                    "response.function_call_arguments.delta",
-                    item_id=item["id"],
-                    output_index=self.output.index(item),
-                    delta=fragment,
-                )
-            )
-        return events
-
-    def _close(self, key: str, status: str = "completed") -> list[dict[str, Any]]:
-        item = self._open.pop(key, None)
-        if item is None:
-            return []
-        index = self.output.index(item)
-        events: list[dict[str, Any]] = []
-        if item["type"] == "message":
-            item["status"] = status
-            part = item["content"][0]
-            events.append(
-                self._event(
-                    "response.output_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=part["text"],
-                    logprobs=part["logprobs"],
-                )
-            )
-            events.append(
-                self._event(
-                    "response.content_part.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part=dict(part),
-                )
-            )
-        elif item["type"] == "function_call":
-            item["status"] = status
-            events.append(
-                self._event(
-                    "response.function_call_arguments.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    name=item["name"],
-                    arguments=item["arguments"],
-                )
-            )
-        elif item["type"] == "reasoning":
-            events.append(
-                self._event(
-                    "response.reasoning_text.done",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    text=item["content"][0]["text"],
-                )
-            )
-        events.append(self._event("response.output_item.done", output_index=index, item=item))
-        return events
-
-    def finish(self) -> list[dict[str, Any]]:
-        truncated = self._finish_reason == "length"
-        status = "incomplete" if truncated else "completed"
-        events: list[dict[str, Any]] = []
-        for key in list(self._open):
-            events += self._close(key, status)
-        self.status = status
-        if truncated:
-            self.incomplete = {"reason": "max_output_tokens"}
-        kind = "response.incomplete" if truncated else "response.completed"
-        events.append(self._event(kind, response=self.response()))
-        return events
-
-    def fail(self, exc: KronkError, path: str) -> list[dict[str, Any]]:
-        error = api_error(exc, path)
-        self.status = "failed"
-        self.error = {"code": error.code or error.type, "message": error.message}
-        return [self._event("response.failed", response=self.response())]
-
-    # -- the response object --
-
-    def response(self) -> dict[str, Any]:
-        req = self.request
-        fmt = req.text.format if req.text and req.text.format else None
-        text_format: dict[str, Any] = {"type": "text"}
-        if fmt is not None:
-            text_format = fmt.model_dump(exclude_none=True, by_alias=True)
-        tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
-        return {
-            "id": self.id,
-            "object": "response",
-            "created_at": self.created_at,
-            "status": self.status,
-            "completed_at": int(time.time()) if self.status == "completed" else None,
-            "error": self.error,
-            "incomplete_details": self.incomplete,
-            "instructions": req.instructions,
-            "max_output_tokens": req.max_output_tokens,
-            "model": self.model,
-            "output": [dict(item) for item in self.output],
-            "parallel_tool_calls": req.parallel_tool_calls is not False,
-            "previous_response_id": None,
-            "reasoning": {
-                "effort": req.reasoning.effort if req.reasoning else None,
-                "summary": None,
-            },
-            "store": False,
-            "temperature": req.temperature,
-            "text": {"format": text_format},
-            "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
-            "tools": tools,
-            "top_p": req.top_p,
-            "truncation": "disabled",
-            "usage": self.usage,
-            "user": req.user,
-            "metadata": req.metadata or {},
-        }
-
-
-def _response_usage(usage: CompletionUsage) -> dict[str, Any]:
-    return {
-        "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.prompt_tokens_details.cached_tokens},
-        "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": usage.total_tokens,
-    }
-
-
-def _response_logprob(lp: Any) -> dict[str, Any]:
-    return {
-        "token": lp.token,
-        "logprob": lp.logprob,
-        "bytes": lp.bytes or [],
-        "top_logprobs": [
-            {"token": t.token, "logprob": t.logprob, "bytes": t.bytes or []}
-            for t in lp.top_logprobs
-        ],
-    }
+def _completion_usage(results: list[Completion], n: int) -> CompletionUsage:
+    """Usage over prompts x n choices: each prompt counted once."""
+    per_prompt = [
+        sum_usage([r.usage for r in results[i : i + n] if r.usage is not None], same_prompt=True)
+        for i in range(0, len(results), n)
+    ]
+    return sum_usage(per_prompt, same_prompt=False)
 
 
 # -- embeddings ----------------------------------------------------------------------------
 
 
-@router.post("/v1/embeddings", response_model=None)
+@openai_route("/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     inputs = body.inputs()
-    async with await _acquire(request, body.model, "embedding") as lease:
+    async with await acquire(request, body.model, "embedding") as lease:
         result = await unless_disconnected(request, lease.kronk.aembed(inputs))
         if result is None:
             return Response(status_code=CLIENT_CLOSED)
@@ -763,32 +376,37 @@ def _check_dimensions(dimensions: int, n_embd: int, resolved: ResolvedModel) -> 
 # -- tokens --------------------------------------------------------------------------------
 
 
-@router.post("/v1/tokenize")
+@openai_route("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     text_param = body.text_param()
-    async with await _acquire(request, body.model) as lease:
+    messages = template_messages(body.messages or []) if text_param is None else None
+    async with await acquire(request, body.model) as lease:
         kronk = lease.kronk
-        if text_param is not None:
-            add_special = body.add_special
-            if add_special is None:
-                add_special = bool(body.add_special_tokens)
-            tokens = kronk.tokenize(
-                text_param[0], add_special=add_special, parse_special=body.parse_special
-            )
-        else:
-            messages = template_messages(body.messages or [])
-            prompt = kronk.render_chat(messages)
-            tokens = kronk.tokenize(prompt, add_special=False, parse_special=True)
-        pieces: list[Any] = tokens
-        if body.with_pieces:
-            pieces = [{"id": t, "piece": kronk.detokenize([t], special=True)} for t in tokens]
+
+        def run() -> tuple[list[int], list[Any]]:  # in a worker thread: prompts can be long
+            if messages is not None:
+                prompt = kronk.render_chat(messages)
+                tokens = kronk.tokenize(prompt, add_special=False, parse_special=True)
+            else:
+                assert text_param is not None
+                add_special = body.add_special
+                if add_special is None:
+                    add_special = bool(body.add_special_tokens)
+                tokens = kronk.tokenize(
+                    text_param[0], add_special=add_special, parse_special=body.parse_special
+                )
+            if not body.with_pieces:
+                return tokens, list(tokens)
+            return tokens, [{"id": t, "piece": kronk.detokenize([t], special=True)} for t in tokens]
+
+        tokens, pieces = await asyncio.to_thread(run)
         n_ctx = kronk.engine.n_ctx
     return {"model": lease.model_id, "tokens": pieces, "count": len(tokens), "max_model_len": n_ctx}
 
 
-@router.post("/v1/detokenize")
+@openai_route("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
-    async with await _acquire(request, body.model) as lease:
+    async with await acquire(request, body.model) as lease:
         n_vocab = lease.kronk.model.vocab.n_tokens
         bad = [t for t in body.tokens if t >= n_vocab]
         if bad:
@@ -815,48 +433,23 @@ def _model_card(model: ResolvedModel) -> dict[str, Any]:
     return card
 
 
-@router.get("/v1/models")
+@openai_route("/models", "GET")
 async def list_models(request: Request) -> dict[str, Any]:
-    models = server_state(request).pool.available()
-    return {"object": "list", "data": [_model_card(m) for m in models]}
+    """The models on disk, then each plain alias (a glob is no model name to list)."""
+    pool = server_state(request).pool
+    models = pool.available()
+    cards = [_model_card(m) for m in models]
+    known = {m.id: m for m in models}
+    aliases = pool.resolver.aliases if isinstance(pool.resolver, AliasResolver) else {}
+    for alias, target in aliases.items():
+        if not is_glob(alias) and target in known and alias not in known:
+            cards.append({**_model_card(known[target]), "id": alias, "alias_of": target})
+    return {"object": "list", "data": cards}
 
 
-@router.get("/v1/models/{model_id:path}")
+@openai_route("/models/{model_id:path}", "GET")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     return _model_card(server_state(request).pool.resolve(model_id))
 
 
-@router.get("/api/ps")
-async def loaded_models(request: Request) -> dict[str, Any]:
-    """Loaded (and loading) models: slots in use, memory, last use, TTL expiry, and live
-    stats (recent speeds, time to first token, prompt-cache hit ratio, KV cache use)."""
-    live = request.app.state.telemetry.live()
-    return {
-        "models": [
-            {"name": m.id, **asdict(m), **live.get(m.id, {})}
-            for m in server_state(request).pool.loaded()
-        ]
-    }
-
-
-@router.get("/health")
-async def health() -> dict[str, str]:
-    """Liveness: the process answers."""
-    return {"status": "ok"}
-
-
-@router.get("/health/ready", response_model=None)
-async def ready(request: Request) -> Response:
-    """Readiness: the preloaded model (if any) is loaded and the server is not draining."""
-    state = server_state(request)
-    body: dict[str, Any] = {"status": "ready" if state.ready else "loading"}
-    if state.draining:
-        body["status"] = "draining"
-    elif state.preload_error is not None:
-        body["status"] = "failed"
-        body["error"] = state.preload_error
-    body["models"] = [m.id for m in state.pool.loaded() if m.status == "ready"]
-    return JSONResponse(body, status_code=200 if state.ready else 503)
-
-
-__all__ = ["EventStreamResponse", "ResponseBuilder", "router", "sse", "unless_disconnected"]
+__all__ = ["chunk_json", "merge", "openai_route", "router", "sum_usage", "usage_chunk"]

@@ -1,0 +1,212 @@
+"""An Anthropic `message`, and its stream of events, built from a turn's neutral events.
+
+The stream is Anthropic's: `message_start` (sent once the prompt has a slot, so its
+usage holds the real `input_tokens` and `cache_read_input_tokens`), then for each
+content block `content_block_start`, its deltas and `content_block_stop`, then
+`message_delta` (stop reason, output tokens) and `message_stop`. Blocks are sequential:
+a new kind of output (thinking, text, a tool call) closes the block before it.
+A thinking block ends with a `signature_delta`, as Claude Code keeps only signed
+thinking blocks in its history.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from kronk.chat.events import (
+    ChatEvent,
+    ContentDelta,
+    ReasoningDelta,
+    StopReason,
+    ToolCallArgumentsDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    TurnFinished,
+    TurnStarted,
+)
+
+_STOP_REASONS: dict[StopReason, str] = {
+    "end": "end_turn",
+    "stop_sequence": "stop_sequence",
+    "max_tokens": "max_tokens",
+    "tool_calls": "tool_use",
+    "cancelled": "end_turn",
+}
+
+# Signs thinking blocks. Random per process: a signature says "this server wrote it";
+# kronk never needs to verify one (earlier thinking is not shown to the model again).
+_SIGNING_KEY = secrets.token_bytes(32)
+
+
+def thinking_signature(text: str) -> str:
+    digest = hmac.new(_SIGNING_KEY, text.encode("utf-8"), hashlib.sha256).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def tool_use_id(call_id: str) -> str:
+    """Anthropic's id for a tool call (`toolu_...`), stable for the same call."""
+    return "toolu_" + call_id.removeprefix("call_")
+
+
+def _parse_input(arguments: str) -> dict[str, Any]:
+    try:
+        value = json.loads(arguments) if arguments.strip() else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+class MessageBuilder:
+    """Feed it a turn's events; it returns the stream events they make (`on_events`) and
+    keeps the whole message (`message()`)."""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"msg_{uuid.uuid4().hex}"
+        self.model = model
+        self.content: list[dict[str, Any]] = []
+        self._open: dict[str, Any] | None = None  # the block being written
+        self._open_key: str | None = None  # "thinking" | "text" | "call:N"
+        self.usage: dict[str, int] = {
+            "input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 0,
+        }
+        self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
+        self.finished: TurnFinished | None = None
+
+    # -- the message --
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": self.content,
+            "stop_reason": self.stop_reason,
+            "stop_sequence": self.stop_sequence,
+            "usage": dict(self.usage),
+        }
+
+    # -- events --
+
+    def on_events(self, events: Sequence[ChatEvent]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for event in events:
+            if isinstance(event, TurnStarted):
+                # Anthropic's rule: input_tokens leaves out what the cache supplied.
+                self.usage["input_tokens"] = event.prompt_tokens - event.cached_tokens
+                self.usage["cache_read_input_tokens"] = event.cached_tokens
+                start = {**self.message(), "content": [], "stop_reason": None}
+                out.append({"type": "message_start", "message": start})
+            elif isinstance(event, ReasoningDelta):
+                out += self._delta("thinking", event.text)
+            elif isinstance(event, ContentDelta):
+                if event.text:
+                    out += self._delta("text", event.text)
+            elif isinstance(event, ToolCallStart):
+                out += self._start_call(event)
+            elif isinstance(event, ToolCallArgumentsDelta):
+                out += self._call_arguments(event)
+            elif isinstance(event, ToolCallEnd):
+                if self._open_key == f"call:{event.index}" and self._open is not None:
+                    self._open["input"] = _parse_input(event.arguments)
+                out += self._close()
+            elif isinstance(event, TurnFinished):
+                out += self._finish(event)
+        return out
+
+    def _open_block(self, key: str, block: dict[str, Any]) -> list[dict[str, Any]]:
+        events = self._close()
+        self.content.append(block)
+        self._open, self._open_key = block, key
+        started = {
+            k: ("" if k in ("text", "thinking") else v)
+            for k, v in block.items()
+            if not k.startswith("_")
+        }
+        if block["type"] == "tool_use":
+            started["input"] = {}
+        index = len(self.content) - 1
+        return [*events, {"type": "content_block_start", "index": index, "content_block": started}]
+
+    def _delta(self, kind: str, text: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        if self._open_key != kind:
+            block: dict[str, Any] = {"type": kind, kind: ""}
+            if kind == "thinking":
+                block["signature"] = ""
+            events += self._open_block(kind, block)
+        assert self._open is not None
+        self._open[kind] += text
+        delta = {"type": f"{kind}_delta", kind: text}
+        events.append({"type": "content_block_delta", "index": self._index(), "delta": delta})
+        return events
+
+    def _start_call(self, call: ToolCallStart) -> list[dict[str, Any]]:
+        block = {"type": "tool_use", "id": tool_use_id(call.id), "name": call.name, "input": {}}
+        block["_arguments"] = ""  # the JSON text so far; dropped when the block closes
+        return self._open_block(f"call:{call.index}", block)
+
+    def _call_arguments(self, delta: ToolCallArgumentsDelta) -> list[dict[str, Any]]:
+        if self._open_key != f"call:{delta.index}" or self._open is None or not delta.arguments:
+            return []
+        self._open["_arguments"] += delta.arguments
+        json_delta = {"type": "input_json_delta", "partial_json": delta.arguments}
+        return [{"type": "content_block_delta", "index": self._index(), "delta": json_delta}]
+
+    def _close(self) -> list[dict[str, Any]]:
+        block = self._open
+        if block is None:
+            return []
+        events: list[dict[str, Any]] = []
+        index = self._index()
+        if block["type"] == "thinking":
+            block["signature"] = thinking_signature(block["thinking"])
+            delta = {"type": "signature_delta", "signature": block["signature"]}
+            events.append({"type": "content_block_delta", "index": index, "delta": delta})
+        elif block["type"] == "tool_use":
+            arguments = block.pop("_arguments")
+            if not block["input"]:
+                block["input"] = _parse_input(arguments)
+        events.append({"type": "content_block_stop", "index": index})
+        self._open = self._open_key = None
+        return events
+
+    def _index(self) -> int:
+        return len(self.content) - 1
+
+    def _finish(self, finished: TurnFinished) -> list[dict[str, Any]]:
+        self.finished = finished
+        if finished.error is not None:
+            raise finished.error
+        events = self._close()
+        self.stop_reason = _STOP_REASONS[finished.reason]
+        self.stop_sequence = finished.stop_sequence
+        self.usage["output_tokens"] = finished.usage.completion_tokens
+        if not self.usage["input_tokens"] and not self.usage["cache_read_input_tokens"]:
+            usage = finished.usage  # never admitted (cancelled in the queue)
+            self.usage["input_tokens"] = usage.prompt_tokens - usage.cached_tokens
+            self.usage["cache_read_input_tokens"] = usage.cached_tokens
+        delta = {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence}
+        events.append(
+            {
+                "type": "message_delta",
+                "delta": delta,
+                "usage": {"output_tokens": self.usage["output_tokens"]},
+            }
+        )
+        events.append({"type": "message_stop"})
+        return events
+
+
+__all__ = ["MessageBuilder", "thinking_signature", "tool_use_id"]

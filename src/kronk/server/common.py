@@ -1,0 +1,82 @@
+"""What every protocol's routes share: the server state, leasing a model, and
+running a chat turn's neutral events to completion (or into a stream)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+from fastapi import Request
+
+from kronk.chat.events import ChatEvent
+from kronk.models.store import require_capability
+from kronk.pool import ModelLease
+from kronk.server.state import ServerState
+from kronk.streams import AsyncEventStream
+
+
+def server_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.kronk
+    return state
+
+
+async def acquire(request: Request, model: str, capability: str | None = None) -> ModelLease:
+    """Lease `model`; with `capability`, first refuse (without loading anything) a model
+    whose catalog entry says it can't do that (e.g. chat with an embedding model)."""
+    pool = server_state(request).pool
+    if capability is not None:
+        require_capability(pool.resolve(model), capability)
+    return await pool.acquire(model)
+
+
+async def start_all(streams: Sequence[AsyncEventStream], lease: ModelLease) -> None:
+    """Prepare and submit every stream (bad input raises here, before any byte is sent);
+    on failure close them all and give the lease back."""
+    try:
+        await asyncio.gather(*(s.start() for s in streams))
+    except BaseException:
+        await close_all(streams)
+        lease.release()
+        raise
+
+
+async def close_all(streams: Sequence[AsyncEventStream]) -> None:
+    for stream in streams:
+        await stream.aclose()
+
+
+def closer(streams: Sequence[AsyncEventStream], lease: ModelLease) -> Callable[[], Awaitable[None]]:
+    """Cleanup for a streamed response: cancel what still runs, then free the model."""
+
+    async def cleanup() -> None:
+        try:
+            await close_all(streams)
+        finally:
+            lease.release()
+
+    return cleanup
+
+
+async def collect(stream: AsyncEventStream) -> list[ChatEvent]:
+    """Every event of a turn (for answers that are not streamed)."""
+    events: list[ChatEvent] = []
+    while batch := await stream.next_batch():
+        events += batch
+    return events
+
+
+async def batches(stream: AsyncEventStream) -> AsyncIterator[list[ChatEvent]]:
+    """A turn's events, one engine step at a time."""
+    while batch := await stream.next_batch():
+        yield batch
+
+
+__all__ = [
+    "acquire",
+    "batches",
+    "close_all",
+    "closer",
+    "collect",
+    "server_state",
+    "start_all",
+]
