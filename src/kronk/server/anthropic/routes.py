@@ -18,14 +18,11 @@ from kronk.errors import KronkError
 from kronk.server.anthropic.errors import error_body, render
 from kronk.server.anthropic.messages import MessageBuilder
 from kronk.server.anthropic.protocol import CountTokensRequest, MessagesRequest
-from kronk.server.common import acquire, batches, closer, collect, server_state, start_all
+from kronk.server.common import acquire, answer, batches, start_chat, streamed
 from kronk.server.errors import protocol_route
 from kronk.server.sse import (
     CLIENT_CLOSED,
-    EventStreamResponse,
     sse,
-    unless_disconnected,
-    with_keepalive,
 )
 from kronk.streams import AsyncEventStream
 
@@ -37,25 +34,11 @@ PING = sse({"type": "ping"}, "ping")
 async def messages(body: MessagesRequest, request: Request) -> Response:
     chat_messages = body.chat_messages()
     kwargs = body.kronk_kwargs()
-    lease = await acquire(request, body.model, "chat")
-    try:
-        stream = lease.kronk.achat_events(chat_messages, **kwargs)
-    except BaseException:
-        lease.release()
-        raise
-    await start_all([stream], lease)
+    lease, stream = await start_chat(request, body.model, chat_messages, kwargs)
     builder = MessageBuilder(lease.model_id)
     if body.stream:
-        interval = server_state(request).settings.keepalive
-        return EventStreamResponse(
-            with_keepalive(_message_events(stream, builder), PING, interval),
-            closer([stream], lease),
-        )
-    try:
-        events = await unless_disconnected(request, collect(stream))
-    finally:
-        await stream.aclose()
-        lease.release()
+        return streamed(request, _message_events(stream, builder), PING, [stream], lease)
+    events = await answer(request, stream, lease)
     if events is None:
         return Response(status_code=CLIENT_CLOSED)
     builder.on_events(events)

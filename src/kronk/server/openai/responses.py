@@ -24,16 +24,13 @@ from kronk.chat.events import (
 )
 from kronk.engine.request import TokenLogprob
 from kronk.errors import KronkError
-from kronk.server.common import acquire, batches, closer, collect, server_state, start_all
+from kronk.server.common import acquire, answer, batches, start_chat, streamed
 from kronk.server.openai.errors import error_body
 from kronk.server.openai.protocol import ResponsesRequest
 from kronk.server.openai.routes import KEEPALIVE, openai_route
 from kronk.server.sse import (
     CLIENT_CLOSED,
-    EventStreamResponse,
     sse,
-    unless_disconnected,
-    with_keepalive,
 )
 from kronk.streams import AsyncEventStream
 
@@ -42,28 +39,15 @@ from kronk.streams import AsyncEventStream
 async def responses(body: ResponsesRequest, request: Request) -> Response:
     messages = body.messages()
     kwargs = body.kronk_kwargs()
-    lease = await acquire(request, body.model, "chat")
-    try:
-        stream = lease.kronk.achat_events(messages, **kwargs)
-    except BaseException:
-        lease.release()
-        raise
-    await start_all([stream], lease)
+    lease, stream = await start_chat(request, body.model, messages, kwargs)
     builder = ResponseBuilder(body, lease.model_id)
     if body.stream:
         events = _response_events(stream, builder, request.url.path)
-        interval = server_state(request).settings.keepalive
-        return EventStreamResponse(
-            with_keepalive(events, KEEPALIVE, interval), closer([stream], lease)
-        )
-    try:
-        answer = await unless_disconnected(request, collect(stream))
-    finally:
-        await stream.aclose()
-        lease.release()
-    if answer is None:
+        return streamed(request, events, KEEPALIVE, [stream], lease)
+    events_done = await answer(request, stream, lease)
+    if events_done is None:
         return Response(status_code=CLIENT_CLOSED)
-    builder.on_events(answer)
+    builder.on_events(events_done)
     builder.finish()
     return JSONResponse(builder.response())
 

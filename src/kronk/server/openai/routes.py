@@ -33,10 +33,10 @@ from kronk.server.common import (
     acquire,
     batches,
     close_all,
-    closer,
     collect,
     server_state,
     start_all,
+    streamed,
 )
 from kronk.server.errors import protocol_route
 from kronk.server.openai.errors import error_body, render
@@ -51,11 +51,9 @@ from kronk.server.openai.protocol import (
 from kronk.server.sse import (
     CLIENT_CLOSED,
     SSE_DONE,
-    EventStreamResponse,
     sse,
     sse_comment,
     unless_disconnected,
-    with_keepalive,
 )
 from kronk.streams import AsyncEventStream
 from kronk.types import ChatCompletion, ChatCompletionChunk, Completion, CompletionUsage
@@ -221,10 +219,6 @@ async def _answer(
     return True
 
 
-def _keepalive_interval(request: Request) -> float:
-    return server_state(request).settings.keepalive
-
-
 # -- chat completions ----------------------------------------------------------------------
 
 
@@ -248,10 +242,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _stream_choices(streams, builders, include_usage, True, request.url.path)
-        return EventStreamResponse(
-            with_keepalive(events, KEEPALIVE, _keepalive_interval(request)),
-            closer(streams, lease),
-        )
+        return streamed(request, events, KEEPALIVE, streams, lease)
     if not await _answer(request, streams, builders, lease.release):
         return Response(status_code=CLIENT_CLOSED)
     results = [b.result() for b in builders if isinstance(b, ChatCompletionBuilder)]
@@ -297,10 +288,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _stream_choices(streams, builders, include_usage, False, request.url.path)
-        return EventStreamResponse(
-            with_keepalive(events, KEEPALIVE, _keepalive_interval(request)),
-            closer(streams, lease),
-        )
+        return streamed(request, events, KEEPALIVE, streams, lease)
     if not await _answer(request, streams, builders, lease.release):
         return Response(status_code=CLIENT_CLOSED)
     results = [b.result() for b in builders if isinstance(b, CompletionBuilder)]
