@@ -30,12 +30,11 @@ from kronk.pool import ModelLease
 from kronk.sdk import Kronk
 from kronk.server.common import (
     acquire,
+    answer,
     batches,
-    close_all,
-    closer,
-    collect,
     server_state,
     start_all,
+    streamed,
 )
 from kronk.server.errors import protocol_route
 from kronk.server.ollama.errors import error_message, render
@@ -53,7 +52,7 @@ from kronk.server.ollama.protocol import (
     template_kwargs,
 )
 from kronk.server.ollama.stream import Kind, ReplyBuilder, nanoseconds, ndjson
-from kronk.server.sse import CLIENT_CLOSED, EventStreamResponse, unless_disconnected
+from kronk.server.sse import CLIENT_CLOSED, unless_disconnected
 from kronk.streams import AsyncEventStream
 
 router = APIRouter(route_class=protocol_route(render))
@@ -141,20 +140,14 @@ async def _reply(
     stream: AsyncEventStream,
     lease: ModelLease,
     builder: ReplyBuilder,
-    streamed: bool,
+    as_stream: bool,
     keep_alive: float | None,
 ) -> Response:
     """Start the turn (bad input raises here, as a 400) and answer it, streamed or not."""
     await start_all([stream], lease)
-    if streamed:
-        return EventStreamResponse(
-            _lines(stream, builder), closer([stream], lease), media_type=NDJSON
-        )
-    try:
-        events = await unless_disconnected(request, collect(stream))
-    finally:
-        await close_all([stream])
-        lease.release()
+    if as_stream:  # NDJSON has no keep-alive line: Ollama's clients parse every line
+        return streamed(request, _lines(stream, builder), None, [stream], lease, NDJSON)
+    events = await answer(request, stream, lease)
     if keep_alive == 0:  # keep_alive 0: gone before the answer, so the client sees it gone
         await server_state(request).pool.unload(lease.model_id)
     if events is None:
