@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from kronk.errors import (
@@ -28,6 +30,7 @@ from kronk.errors import (
     KronkError,
     ModelLoadError,
 )
+from kronk.models.catalog import Catalog
 from kronk.models.resolver import ModelResolver, ResolvedModel
 from kronk.sdk import Kronk
 from kronk.telemetry.tracing import span
@@ -69,7 +72,7 @@ class LoadedModel:
     leases: int  # requests and streams holding the model
     size_bytes: int  # the model file's weights
     kv_cache_bytes: int  # all slots' KV cache
-    memory_bytes: int  # size_bytes + kv_cache_bytes
+    memory_bytes: int  # size_bytes + kv_cache_bytes + draft_bytes
     slot_tokens: list[int]  # tokens each slot's KV cache holds (in use or kept for reuse)
     slot_kv_bytes: list[int]  # the KV cache bytes those tokens take, per slot
     n_ctx: int  # context window per slot
@@ -79,6 +82,12 @@ class LoadedModel:
     loaded_at: float | None  # wall-clock seconds since the epoch
     last_used: float  # wall-clock seconds since the epoch
     expires_at: float | None  # when the idle TTL unloads it (None: busy or never)
+    # Speculative decoding: the draft model's file (None: none loaded), its weights and KV
+    # cache, and the draft tokens verified and accepted since the load.
+    draft_model: str | None = None
+    draft_bytes: int = 0
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
 
 @dataclass(eq=False)
@@ -91,6 +100,9 @@ class _Entry:
     loaded_at: float | None = None
     last_used: float = 0.0  # pool clock
     capabilities: list[str] = field(default_factory=list)
+    # A request's keep-alive for this model (Ollama's keep_alive): idle seconds before it
+    # is unloaded, inf for ever; None follows the pool's ttl_seconds.
+    ttl: float | None = None
 
 
 class ModelLease:
@@ -292,10 +304,13 @@ class ModelPool:
             for victim in victims:
                 log.info("unloading %s to make room for %s", victim.resolved.id, model_id)
                 await self._close_entry(victim)
-            kwargs = load_options(
-                entry.resolved.load_options,
-                self.load_defaults,
-                self.model_options.get(model_id, {}),
+            kwargs = self._with_draft_path(
+                model_id,
+                load_options(
+                    entry.resolved.load_options,
+                    self.load_defaults,
+                    self.model_options.get(model_id, {}),
+                ),
             )
             self._emit(PoolEvent("loading", model_id))
             log.info("loading %s from %s", model_id, entry.resolved.path)
@@ -341,6 +356,24 @@ class ModelPool:
         self._wake.set()
         return kronk
 
+    def _with_draft_path(self, model_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A `draft_model` given as a model id (config.yaml's, --draft-model) becomes that
+        model's file; a path stays a path. `speculative: draft` without one takes the one
+        the catalog names for the model; `off` loads none."""
+        mode = str(kwargs.get("speculative", "auto")).lower()
+        if mode in ("off", "false"):
+            return {k: v for k, v in kwargs.items() if k != "draft_model"}
+        draft = kwargs.get("draft_model")
+        catalog = getattr(self.resolver, "catalog", None)  # a ModelStore has one
+        if draft is None and mode == "draft" and isinstance(catalog, Catalog):
+            draft = catalog.draft_model_of(model_id)
+        if draft is None or draft == model_id:  # a model never drafts for itself
+            return {k: v for k, v in kwargs.items() if k != "draft_model"}
+        path = Path(str(draft)).expanduser()
+        if path.suffix.lower() != ".gguf" or not path.is_file():
+            path = self.resolver.resolve(str(draft)).path  # ModelNotFoundError names the pull
+        return {**kwargs, "draft_model": path}
+
     async def _close_entry(self, entry: _Entry) -> None:
         kronk = entry.kronk
         entry.kronk = None
@@ -362,15 +395,36 @@ class ModelPool:
         await self._close_entry(entry)
         return True
 
+    def keep_alive(self, name: str, seconds: float | None) -> bool:
+        """Keep model `name` loaded for `seconds` of idle time from now on (0: unload once
+        idle; negative: for ever; None: the pool's ttl_seconds again). False if it is not
+        loaded or loading."""
+        try:
+            model_id = self.resolver.resolve(name).id
+        except KronkError:
+            model_id = name
+        entry = self._entries.get(model_id)
+        if entry is None:
+            return False
+        entry.ttl = math.inf if seconds is not None and seconds < 0 else seconds
+        self._wake.set()  # the reaper recomputes its next deadline
+        return True
+
+    def _ttl(self, entry: _Entry) -> float | None:
+        if entry.ttl is None:
+            return self.ttl_seconds
+        return entry.ttl if math.isfinite(entry.ttl) else None
+
     async def reap(self) -> list[str]:
         """Unload every idle model whose TTL has run out; returns their ids."""
-        if self.ttl_seconds is None:
-            return []
         now = self._clock()
         expired = [
             e
             for e in self._entries.values()
-            if e.kronk is not None and e.leases == 0 and now - e.last_used >= self.ttl_seconds
+            if e.kronk is not None
+            and e.leases == 0
+            and (ttl := self._ttl(e)) is not None
+            and now - e.last_used >= ttl
         ]
         for entry in expired:
             del self._entries[entry.resolved.id]
@@ -379,12 +433,10 @@ class ModelPool:
         return [e.resolved.id for e in expired]
 
     def _next_expiry(self) -> float | None:
-        if self.ttl_seconds is None:
-            return None
         deadlines = [
-            e.last_used + self.ttl_seconds
+            e.last_used + ttl
             for e in self._entries.values()
-            if e.kronk is not None and e.leases == 0
+            if e.kronk is not None and e.leases == 0 and (ttl := self._ttl(e)) is not None
         ]
         return min(deadlines, default=None)
 
@@ -445,9 +497,12 @@ class ModelPool:
                 continue
             stats = entry.kronk.stats()
             size = entry.kronk.model.size_bytes
+            draft = getattr(entry.kronk, "draft_model", None)  # loaders in tests may lack it
+            draft_bytes = draft.size_bytes + stats.draft_model_bytes if draft is not None else 0
             expires = None
-            if self.ttl_seconds is not None and entry.leases == 0:
-                expires = last_used_wall + self.ttl_seconds
+            ttl = self._ttl(entry)
+            if ttl is not None and entry.leases == 0:
+                expires = last_used_wall + ttl
             out.append(
                 LoadedModel(
                     id=resolved.id,
@@ -460,7 +515,7 @@ class ModelPool:
                     leases=entry.leases,
                     size_bytes=size,
                     kv_cache_bytes=stats.kv_cache_bytes,
-                    memory_bytes=size + stats.kv_cache_bytes,
+                    memory_bytes=size + stats.kv_cache_bytes + draft_bytes,
                     slot_tokens=stats.slot_tokens,
                     slot_kv_bytes=[int(n * stats.kv_bytes_per_token) for n in stats.slot_tokens],
                     n_ctx=stats.n_ctx,
@@ -470,6 +525,10 @@ class ModelPool:
                     loaded_at=entry.loaded_at,
                     last_used=last_used_wall,
                     expires_at=expires,
+                    draft_model=str(draft.path) if draft is not None else None,
+                    draft_bytes=draft_bytes,
+                    draft_tokens=stats.draft_tokens,
+                    draft_accepted=stats.draft_accepted,
                 )
             )
         out.sort(key=lambda m: m.last_used, reverse=True)

@@ -527,7 +527,8 @@ def ps(
         console.print("no models loaded (the server loads a model on its first request)")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
-    columns = ("NAME", "STATUS", "SLOTS", "QUEUED", "MEMORY", "CONTEXT", "TOK/S", "TTFT", "CACHE")
+    columns: tuple[str, ...] = ("NAME", "STATUS", "SLOTS", "QUEUED", "MEMORY", "CONTEXT", "TOK/S")
+    columns += ("TTFT", "CACHE", "SPEC")  # SPEC: accepted share of speculative draft tokens
     for column in (*columns, "UNLOADS"):
         table.add_column(column, no_wrap=True)
     now = time.time()
@@ -548,9 +549,19 @@ def ps(
             f"{m['tokens_per_second']:.1f}" if m.get("tokens_per_second") else "-",
             f"{m['time_to_first_token']:.2f} s" if m.get("time_to_first_token") else "-",
             f"{m['prompt_cache_hit_ratio']:.0%}" if m.get("requests_finished") else "-",
+            _acceptance(m),
             unloads,
         )
     print_table(table)
+
+
+def _acceptance(m: dict[str, Any]) -> str:
+    """Speculative decoding: the share of draft tokens the model accepted, and how many it
+    was given ("-" before any)."""
+    drafted = int(m.get("draft_tokens") or 0)
+    if not drafted:
+        return "-"
+    return f"{int(m.get('draft_accepted') or 0) / drafted:.0%} of {drafted}"
 
 
 def _fetch_ps(url: str) -> list[dict[str, Any]]:

@@ -54,6 +54,10 @@ class Usage:
     slot: int = -1
     cache_lookup_seconds: float = 0.0
     detokenize_seconds: float = 0.0
+    # Speculative decoding: draft tokens the model verified, and those it kept (each kept
+    # one is a generated token that cost no decode step of its own).
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -114,6 +118,8 @@ class GenerationRequest:
     # Special tokens to emit as their text (tool-call and channel markers that are control
     # tokens in some vocabularies); every other special token renders as nothing.
     render_special: frozenset[int] = frozenset()
+    # False: never draft for this request (plain decoding), whatever the model's setting.
+    speculative: bool = True
     # The caller's tracing span (set at submit), so listeners can attach the engine's
     # phases to it. Opaque to the engine.
     span: Any = None

@@ -125,3 +125,27 @@ class Vocab:
         return b"".join(self.piece(t, special=special) for t in tokens).decode(
             "utf-8", errors="replace"
         )
+
+    def mismatch(self, other: Vocab) -> str | None:
+        """Why `other` cannot draft tokens for this vocabulary (None: it can).
+
+        The rule is llama.cpp's for speculative decoding: same tokenizer type, same
+        BOS/EOS and BOS/EOS handling, at most 128 tokens more or fewer, and the same text
+        for every token id both have, from id 5 on (the ids below are often specials that
+        merely differ in name). A draft token is verified by its id, so one id with two
+        meanings would make the draft useless or, worse, misleading about acceptance."""
+        if lib.llama_vocab_type(self._ptr) != lib.llama_vocab_type(other._ptr):
+            return "the tokenizer types differ"
+        if abs(self.n_tokens - other.n_tokens) > 128:
+            return f"the vocabularies have {self.n_tokens} and {other.n_tokens} tokens"
+        for name in ("bos", "eos"):
+            mine, theirs = getattr(self.special, name), getattr(other.special, name)
+            if mine != theirs:
+                return f"the {name.upper()} tokens differ ({mine} and {theirs})"
+        if (self.add_bos, self.add_eos) != (other.add_bos, other.add_eos):
+            return "the vocabularies add BOS/EOS differently"
+        get_text = lib.llama_vocab_get_text
+        for token in range(5, min(self.n_tokens, other.n_tokens)):
+            if get_text(self._ptr, token) != get_text(other._ptr, token):
+                return f"token {token} differs"
+        return None

@@ -124,6 +124,19 @@ class Metrics:
         self.generated_tokens = Counter(
             "kronk_generated_tokens", "Tokens generated.", ["model"], registry=r
         )
+        # Speculative decoding: accepted / drafted is the acceptance rate.
+        self.draft_tokens = Counter(
+            "kronk_speculative_draft_tokens",
+            "Draft tokens verified by the model (speculative decoding).",
+            ["model"],
+            registry=r,
+        )
+        self.draft_accepted = Counter(
+            "kronk_speculative_accepted_tokens",
+            "Draft tokens the model kept: tokens that cost no decode step of their own.",
+            ["model"],
+            registry=r,
+        )
         self.model_load = Histogram(
             "kronk_model_load_seconds",
             "Time to load a model.",
@@ -181,6 +194,8 @@ class Metrics:
             "prompt_cache_hit_ratio": kv.hit_ratio,
             "kv_cache_cells_used": kv.cells,
             "kv_cache_used_bytes": kv.used_bytes,
+            # Since the load; "-" in `kronk model ps` until a draft was verified.
+            "speculative_acceptance_rate": stats.acceptance_rate,
         }
 
     def _on_request_end(
@@ -206,6 +221,9 @@ class Metrics:
         self.prompt_tokens.labels(model).inc(u.prompt_tokens)
         self.cached_tokens.labels(model).inc(u.cached_tokens)
         self.generated_tokens.labels(model).inc(u.completion_tokens)
+        if u.draft_tokens:
+            self.draft_tokens.labels(model).inc(u.draft_tokens)
+            self.draft_accepted.labels(model).inc(u.draft_accepted)
         if u.completion_tokens:
             self.ttft.labels(model).observe(u.time_to_first_token)
         if u.prompt_tokens_per_second > 0:
