@@ -156,21 +156,30 @@ async def _reply(
     return JSONResponse(builder.final(streamed=False))
 
 
+def _checked(
+    body: GenerationRequest, request: Request, has_images: bool
+) -> tuple[GenerationOptions, float | None, dict[str, Any] | None, ResolvedModel]:
+    """What chat and generate check before leasing anything: unsupported fields, options,
+    keep_alive, format, the model name (404) and images (400, after the 404)."""
+    body.check_unsupported()
+    options = generation_options(body.options)
+    keep_alive = keep_alive_seconds(body.keep_alive)
+    fmt = response_format(body.format)
+    model = resolve_name(server_state(request).pool, body.model)
+    if has_images:
+        raise UnsupportedFeatureError(
+            f"{model.id} does not support image input; kronk serves text models", "images"
+        )
+    return options, keep_alive, fmt, model
+
+
 # -- chat ----------------------------------------------------------------------------------
 
 
 @router.post("/api/chat", response_model=None)
 async def chat(body: ChatRequest, request: Request) -> Response:
     started = time.monotonic()
-    body.check_unsupported()
-    options = generation_options(body.options)
-    keep_alive = keep_alive_seconds(body.keep_alive)
-    fmt = response_format(body.format)
-    model = resolve_name(server_state(request).pool, body.model)
-    if body.has_images():
-        raise UnsupportedFeatureError(
-            f"{model.id} does not support image input; kronk serves text models", "images"
-        )
+    options, keep_alive, fmt, model = _checked(body, request, body.has_images())
     if not body.messages:
         return await _only_load(request, body.model, model, keep_alive, "chat")
     lease, load_seconds = await _lease(request, model, keep_alive, "chat")
@@ -202,15 +211,7 @@ async def _grammar(fmt: dict[str, Any] | None) -> str | None:
 @router.post("/api/generate", response_model=None)
 async def generate(body: GenerateRequest, request: Request) -> Response:
     started = time.monotonic()
-    body.check_unsupported()
-    options = generation_options(body.options)
-    keep_alive = keep_alive_seconds(body.keep_alive)
-    fmt = response_format(body.format)
-    model = resolve_name(server_state(request).pool, body.model)
-    if body.images:
-        raise UnsupportedFeatureError(
-            f"{model.id} does not support image input; kronk serves text models", "images"
-        )
+    options, keep_alive, fmt, model = _checked(body, request, bool(body.images))
     if body.only_loads:
         return await _only_load(request, body.model, model, keep_alive, "generate")
     plain = bool(body.suffix) or body.raw  # no chat template: the prompt goes in as is
