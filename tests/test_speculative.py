@@ -535,7 +535,14 @@ def test_the_sdk_takes_speculative_and_reports_drafts(tiny_llama_path: Path) -> 
     outputs = {}
     for mode in ("off", "ngram"):
         with Kronk(tiny_llama_path, n_ctx=256, n_seq_max=1, speculative=mode) as k:
-            outputs[mode] = k.complete(text, max_tokens=48, temperature=0).choices[0].text
-            stats = k.stats()
-            assert (stats.draft_tokens > 0) == (mode == "ngram")
+            resp = k.complete(text, max_tokens=48, temperature=0)
+            outputs[mode] = resp.choices[0].text
+            assert resp.usage is not None
+            assert (resp.usage.draft_tokens > 0) == (mode == "ngram")
+            assert resp.usage.draft_accepted <= resp.usage.draft_tokens
+            assert (k.stats().draft_tokens > 0) == (mode == "ngram")
+            # The per-request switch, as the protocols pass it: the same text, no drafts.
+            alone = k.complete(text, max_tokens=48, temperature=0, speculative=False)
+            assert alone.usage is not None and alone.usage.draft_tokens == 0
+            assert alone.choices[0].text == resp.choices[0].text
     assert outputs["off"] == outputs["ngram"]

@@ -92,6 +92,8 @@ def completion_usage(usage: TurnUsage) -> CompletionUsage:
         generation_seconds=u.generation_seconds,
         tokens_per_second=u.tokens_per_second,
         prompt_tokens_per_second=u.prompt_tokens_per_second,
+        draft_tokens=u.draft_tokens,
+        draft_accepted=u.draft_accepted,
     )
 
 

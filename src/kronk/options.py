@@ -50,6 +50,9 @@ class SamplingOptions(BaseModel):
     stop: str | list[str] | None = None
     grammar: str | None = None  # GBNF
     ignore_eos: bool | None = None
+    # False: no speculative drafts for this request (docs/speculative.md); the output is
+    # the same either way, so this only trades speed, e.g. to measure plain decoding.
+    speculative: bool | None = None
     n: int = Field(1, ge=1)  # choices; the server runs n > 1 as parallel requests
     user: str | None = None  # accepted for OpenAI compatibility; unused
 
@@ -130,7 +133,8 @@ SAMPLER_FIELDS = tuple(
 SCALAR_SAMPLER_FIELDS = tuple(
     name
     for name in SAMPLER_FIELDS
-    if name not in ("stop", "grammar", "logit_bias", "dry_sequence_breakers", "ignore_eos")
+    if name
+    not in ("stop", "grammar", "logit_bias", "dry_sequence_breakers", "ignore_eos", "speculative")
 )
 
 

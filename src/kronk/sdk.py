@@ -463,6 +463,7 @@ class Kronk:
             logprobs=(opts.top_logprobs or 0) if opts.logprobs else None,
             ignore_eos=bool(opts.ignore_eos),
             render_special=self._marker_tokens,
+            speculative=opts.speculative is not False,
         )
         parse_calls = bool(specs) and choice.mode != "none"
         tool_parser = (
@@ -603,6 +604,7 @@ class Kronk:
             stop=opts.stop_list(),
             logprobs=opts.logprobs,
             ignore_eos=bool(opts.ignore_eos),
+            speculative=opts.speculative is not False,
         )
 
     def _fim_prompt(self, prompt: str | Sequence[int], suffix: str) -> list[int]:

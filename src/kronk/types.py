@@ -36,6 +36,9 @@ class CompletionUsage(BaseModel):
     generation_seconds: float = 0.0
     tokens_per_second: float = 0.0
     prompt_tokens_per_second: float = 0.0
+    # speculative decoding: draft tokens verified, and those kept (docs/speculative.md)
+    draft_tokens: int = 0
+    draft_accepted: int = 0
 
 
 class TopLogprob(BaseModel):
