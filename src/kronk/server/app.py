@@ -4,7 +4,8 @@
 
 Each protocol's router renders its own errors (see `errors.py`); what happens outside
 any route (an unknown path, draining) is rendered in the shape of the protocol whose
-paths it is under. Malformed input is a 400, never a 500. While the server drains for
+paths it is under. Malformed input is a 400, never a 500; a POST body that is not JSON
+is a 415 (`security/`: what a web page could otherwise send). While the server drains for
 a graceful shutdown, requests already in flight finish and new ones get 503.
 """
 
@@ -27,11 +28,14 @@ from kronk.server import health
 from kronk.server.anthropic import RequestIdMiddleware
 from kronk.server.anthropic import router as anthropic_router
 from kronk.server.errors import ErrorInfo, error_info, render_for_path
+from kronk.server.manage import router as manage_router
 from kronk.server.ollama import router as ollama_router
 from kronk.server.openai import router as openai_router
+from kronk.server.security import install_security
 from kronk.server.settings import ServerSettings
 from kronk.server.state import ServerState
 from kronk.server.telemetry import install_telemetry
+from kronk.ui import install_ui
 
 log = logging.getLogger("kronk.server")
 
@@ -60,22 +64,6 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.state.request_finished()
-
-
-class JsonBodyMiddleware:
-    """Read every POST body as JSON whatever its Content-Type says, as llama-server and
-    OpenAI do: `curl -d '{...}'` sends form encoding, and a missing or wrong header
-    should not turn a valid request into a confusing validation error."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            headers.append((b"content-type", b"application/json"))
-            scope = {**scope, "headers": headers}
-        await self.app(scope, receive, send)
 
 
 def create_app(
@@ -128,8 +116,10 @@ def create_app(
     app.include_router(openai_router)
     app.include_router(ollama_router)
     app.include_router(anthropic_router)
+    app.include_router(manage_router)
+    install_ui(app)  # /ui/ and the redirect from /
     _install_error_handlers(app)
-    app.add_middleware(JsonBodyMiddleware)
+    install_security(app, settings)  # browser checks, tokens, grants, limits (security.md)
     app.add_middleware(DrainMiddleware, state=state)
     app.add_middleware(RequestIdMiddleware)
     install_telemetry(app, pool)  # outermost: times everything, 503s included
@@ -151,4 +141,4 @@ def _install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, on_error)
 
 
-__all__ = ["DrainMiddleware", "JsonBodyMiddleware", "create_app"]
+__all__ = ["DrainMiddleware", "create_app"]
