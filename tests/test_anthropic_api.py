@@ -347,7 +347,8 @@ def test_bad_requests_get_anthropic_errors(
 ) -> None:
     with srv.http() as http:
         if isinstance(body, bytes):
-            response = http.post("/v1/messages", content=body)
+            headers = {"content-type": "application/json"}
+            response = http.post("/v1/messages", content=body, headers=headers)
         else:
             response = http.post("/v1/messages", json=body)
     assert response.status_code == status, response.text

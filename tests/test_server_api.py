@@ -682,13 +682,20 @@ def test_bad_requests_get_openai_errors(
 
 
 def test_json_body_without_a_json_content_type(srv: LiveServer) -> None:
-    # curl -d sends form encoding; the body is still JSON and must be read as such.
+    # A body that is not declared JSON is what a web page can send without a CORS
+    # preflight (text/plain, form encoding, no type): refused (docs/security.md); curl
+    # needs -H 'content-type: application/json'. JSON with parameters is fine.
     body = json.dumps({"model": "tiny", "messages": MSG, "max_tokens": 1}).encode()
     with srv.http() as http:
         resp = http.post(
             CHAT, content=body, headers={"content-type": "application/x-www-form-urlencoded"}
         )
-    assert resp.status_code == 200, resp.text
+        with_charset = http.post(
+            CHAT, content=body, headers={"content-type": "application/json; charset=utf-8"}
+        )
+    assert resp.status_code == 415, resp.text
+    assert resp.json()["error"]["code"] == "unsupported_media_type"
+    assert with_charset.status_code == 200, with_charset.text
 
 
 def test_unknown_routes_and_methods(srv: LiveServer) -> None:

@@ -11,7 +11,9 @@ model index            ``<models>/.index.yaml``        moves with the models fol
 updated catalog        ``<home>/catalog.yaml``         ``kronk catalog update``
 chat templates         ``<home>/templates/``
 keys (auth)            ``<home>/keys/``  (mode 0700)
+rate-limit counters    ``<home>/limits.db``
 logs                   ``<home>/logs/``
+audit log              ``<home>/logs/audit.log``
 runtime (pid files)    ``<home>/run/``
 configuration          ``<home>/config.yaml``
 =====================  ==============================  ======================================
@@ -83,8 +85,18 @@ class KronkHome:
         return self.root / "keys"
 
     @property
+    def limits_file(self) -> Path:
+        """The server's rate-limit counters (SQLite), kept across restarts."""
+        return self.root / "limits.db"
+
+    @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def audit_file(self) -> Path:
+        """Management actions and refused requests, one JSON object a line."""
+        return self.logs_dir / "audit.log"
 
     @property
     def run_dir(self) -> Path:

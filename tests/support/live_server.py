@@ -29,7 +29,7 @@ from kronk.models.resolver import ResolvedModel, StaticResolver
 from kronk.pool import ModelPool
 from kronk.server.app import create_app
 from kronk.server.runner import KronkServer, make_server
-from kronk.server.settings import ServerSettings
+from kronk.server.settings import AuthMode, ServerSettings
 from kronk.server.state import ServerState
 
 READY_DEADLINE_S = 120.0
@@ -50,9 +50,8 @@ class LiveServer:
 
     def openai(self, **kwargs: Any) -> openai.OpenAI:
         # No retries: a 429 or 503 must reach the test, not be retried away.
-        return openai.OpenAI(
-            base_url=f"{self.base_url}/v1", api_key="unused", max_retries=0, **kwargs
-        )
+        kwargs.setdefault("api_key", "unused")  # a token, on a server with auth
+        return openai.OpenAI(base_url=f"{self.base_url}/v1", max_retries=0, **kwargs)
 
     def async_openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
@@ -60,9 +59,8 @@ class LiveServer:
         )
 
     def anthropic(self, **kwargs: Any) -> anthropic.Anthropic:
-        return anthropic.Anthropic(
-            base_url=self.base_url, api_key="unused", max_retries=0, **kwargs
-        )
+        kwargs.setdefault("api_key", "unused")
+        return anthropic.Anthropic(base_url=self.base_url, max_retries=0, **kwargs)
 
     def async_anthropic(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
         return anthropic.AsyncAnthropic(
@@ -104,6 +102,8 @@ def live_server(
     home: Path | None = None,
     aliases: Mapping[str, str] | None = None,
     keepalive: float = 5.0,
+    auth: AuthMode = "open",
+    allowed_origins: tuple[str, ...] = (),
 ) -> Iterator[LiveServer]:
     resolved = {
         name: m if isinstance(m, ResolvedModel) else ResolvedModel(id=name, path=m)
@@ -120,6 +120,8 @@ def live_server(
         graceful_timeout=graceful_timeout,
         log_level="warning",
         keepalive=keepalive,
+        auth=auth,
+        allowed_origins=allowed_origins,
     )
     defaults = {"n_threads": 2, **(load_defaults or {})}
     pool = ModelPool(

@@ -158,6 +158,26 @@ def start(
             "(env: KRONK_KEEPALIVE; default: 5)"
         ),
     ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            help="Who needs a token: open (nobody; loopback only), manage (admins, for "
+            "management), all (everyone but /health) (env: KRONK_AUTH; default: open)"
+        ),
+    ] = None,
+    allowed_origins: Annotated[
+        str | None,
+        typer.Option(
+            help="Web origins besides the server's own that may call it, comma-separated, "
+            "globs allowed: 'https://app.example,http://localhost:*' (env: KRONK_ALLOWED_ORIGINS)"
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Allow --auth open on a non-loopback address (env: KRONK_INSECURE)"
+        ),
+    ] = False,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Run in the background (see `kronk server logs`)")
     ] = False,
@@ -184,6 +204,9 @@ def start(
         "graceful_timeout": graceful_timeout,
         "keepalive": keepalive,
         "aliases": None,  # parsed below, where a bad one is reported as an error
+        "auth": auth.lower() if auth else None,
+        "allowed_origins": allowed_origins,
+        "insecure": True if insecure else None,  # absent: the environment or config decides
     }
     try:
         flags["aliases"] = dict(parse_alias(a) for a in alias) if alias else None
@@ -191,6 +214,18 @@ def start(
     except ConfigError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    from kronk.server.security import open_bind_problem
+    from kronk.server.security.browser import is_loopback
+
+    problem = open_bind_problem(settings)
+    if problem is not None:
+        err_console.print(f"[red]error:[/red] {escape(problem)}")
+        raise typer.Exit(2)
+    if settings.auth == "open" and not is_loopback(settings.host):
+        err_console.print(
+            "[yellow]warning:[/yellow] auth is open on a non-loopback address (--insecure): "
+            "anyone who can reach it may use and manage this server"
+        )
     if detach:
         raise typer.Exit(_start_detached(settings, flags))
     raise typer.Exit(run_foreground(settings))
@@ -298,6 +333,8 @@ def _start_detached(settings: ServerSettings, flags: dict[str, Any]) -> int:
         if name == "aliases":
             for alias, target in (value or {}).items():
                 argv += ["--alias", f"{alias}={target}"]
+        elif value is True:  # a switch (--insecure)
+            argv.append(f"--{name.replace('_', '-')}")
         elif value is not None:
             argv += [f"--{name.replace('_', '-')}", str(value)]
     settings.paths.logs_dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from kronk.server.common import server_state
+from kronk.server.security import may_see_paths
 
 router = APIRouter()
 
@@ -27,7 +28,9 @@ async def ready(request: Request) -> Response:
         body["status"] = "draining"
     elif state.preload_error is not None:
         body["status"] = "failed"
-        body["error"] = state.preload_error
+        # The load error names files: only callers who may manage the server see it.
+        shown = may_see_paths(request)
+        body["error"] = state.preload_error if shown else "the model failed to load (see the log)"
     body["models"] = [m.id for m in state.pool.loaded() if m.status == "ready"]
     return JSONResponse(body, status_code=200 if state.ready else 503)
 

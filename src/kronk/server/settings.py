@@ -28,6 +28,8 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 # two in step, and this module stays free of the llama.cpp import).
 CacheType = Literal["f32", "f16", "bf16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1", "iq4_nl"]
 FlashAttention = Literal["auto", "on", "off"]
+# Who needs a token (docs/security.md): nobody, admins for management, or everyone.
+AuthMode = Literal["open", "manage", "all"]
 # Settings a model's own section and the server-wide ones share, with one set of bounds.
 Parallel = Annotated[int | None, Field(ge=1, le=256)]  # slots per model
 CtxSize = Annotated[int | None, Field(ge=8)]  # context window per slot
@@ -57,6 +59,9 @@ ENVIRONMENT: dict[str, str] = {
     "spec": "KRONK_SPEC",
     "draft_model": "KRONK_DRAFT_MODEL",
     "draft_max": "KRONK_DRAFT_MAX",
+    "auth": "KRONK_AUTH",
+    "allowed_origins": "KRONK_ALLOWED_ORIGINS",
+    "insecure": "KRONK_INSECURE",
 }
 
 
@@ -146,6 +151,19 @@ class ServerSettings(BaseModel):
     aliases: dict[str, str] = Field(default_factory=dict)
     # Per-model settings, from the config file's `models:` section only.
     models: dict[str, ModelSettings] = Field(default_factory=dict)
+    # Security (docs/security.md). `open` is refused off loopback unless `insecure`.
+    auth: AuthMode = "open"
+    # Web origins besides the server's own that may call it (globs, like OLLAMA_ORIGINS);
+    # a comma-separated list in the environment and on the command line.
+    allowed_origins: tuple[str, ...] = ()
+    insecure: bool = False
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     # -- where its files live (KronkHome owns the layout of the home folder) ----------------
 

@@ -47,6 +47,7 @@ from kronk.server.ollama.protocol import (
 )
 from kronk.server.ollama.routes import NDJSON, router
 from kronk.server.ollama.stream import ndjson
+from kronk.server.security import may_see_paths
 from kronk.server.sse import EventStreamResponse
 
 # The Ollama API version kronk answers like (clients check it before using newer fields
@@ -233,7 +234,10 @@ async def show(body: ShowRequest, request: Request) -> dict[str, Any]:
     pool = server_state(request).pool
     model = resolve_name(pool, body.model)
     loaded = next((m for m in pool.loaded() if m.id == model.id and m.status == "ready"), None)
-    return await asyncio.to_thread(_show, model, loaded, _store(pool.resolver))
+    shown = await asyncio.to_thread(_show, model, loaded, _store(pool.resolver))
+    if not may_see_paths(request):  # security.md: file paths only for `manage` callers
+        shown["modelfile"] = f"# served by kronk\nFROM {model.id}\n"
+    return shown
 
 
 # -- ps ------------------------------------------------------------------------------------
@@ -241,7 +245,10 @@ async def show(body: ShowRequest, request: Request) -> dict[str, Any]:
 
 @router.get("/api/ps")
 async def ps(request: Request) -> dict[str, Any]:
-    return {"models": await loaded_models(request)}
+    models = await loaded_models(request)
+    if not may_see_paths(request):  # security.md: file paths only for `manage` callers
+        models = [{k: v for k, v in m.items() if k != "path"} for m in models]
+    return {"models": models}
 
 
 async def loaded_models(request: Request) -> list[dict[str, Any]]:
