@@ -161,15 +161,15 @@ def start(
     auth: Annotated[
         str | None,
         typer.Option(
-            help="Who needs a token: open (nobody; loopback only), manage (admins, for "
-            "management), all (everyone but /health) (env: KRONK_AUTH; default: open)"
+            help="Who needs a token: open (nobody), manage (management), all "
+            "(env: KRONK_AUTH; default: open)"
         ),
     ] = None,
     allowed_origins: Annotated[
         str | None,
         typer.Option(
-            help="Web origins besides the server's own that may call it, comma-separated, "
-            "globs allowed: 'https://app.example,http://localhost:*' (env: KRONK_ALLOWED_ORIGINS)"
+            help="Other web origins that may call it, comma-separated, globs allowed "
+            "(env: KRONK_ALLOWED_ORIGINS)"
         ),
     ] = None,
     insecure: Annotated[
@@ -216,11 +216,17 @@ def start(
         raise typer.Exit(2) from None
     from kronk.server.security import open_bind_problem
     from kronk.server.security.browser import is_loopback
+    from kronk.server.security.keys import KeyStore
 
     problem = open_bind_problem(settings)
     if problem is not None:
         err_console.print(f"[red]error:[/red] {escape(problem)}")
         raise typer.Exit(2)
+    if settings.auth != "open" and not KeyStore(settings.paths.keys_dir).keys():
+        err_console.print(
+            f"[yellow]warning:[/yellow] --auth {settings.auth} but no signing key yet, so no "
+            "token is accepted: run `kronk security key create`"
+        )
     if settings.auth == "open" and not is_loopback(settings.host):
         err_console.print(
             "[yellow]warning:[/yellow] auth is open on a non-loopback address (--insecure): "

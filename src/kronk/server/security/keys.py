@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from kronk.errors import ConfigError
+from kronk.models.files import atomic_write_bytes
 
 KEY_SUFFIX = ".pem"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -40,19 +41,9 @@ def _created(kid: str) -> datetime:
 
 
 def write_secret(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically, readable by the owner only."""
+    """Write `data` to `path` atomically, readable by the owner only from the first byte."""
     ensure_private_folder(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def ensure_private_folder(folder: Path) -> None:
