@@ -280,7 +280,12 @@ def test_browser_policy() -> None:
         assert policy.host_allowed(host), host
     for host in ("evil.example:11435", "localhost.evil.example", "10.0.0.1", ""):
         assert not policy.host_allowed(host), host
-    assert BrowserPolicy.build("0.0.0.0", 1, []).host_allowed("anything")
+    lan = BrowserPolicy.build("0.0.0.0", 11435, [])
+    assert lan.host_allowed("anything")
+    # Off loopback, the UI is same-origin by whatever address it was reached at.
+    assert lan.origin_allowed("http://192.168.1.5:11435", "192.168.1.5:11435")
+    assert not lan.origin_allowed("http://evil.example", "192.168.1.5:11435")
+    assert not policy.origin_allowed("http://evil.example:11435", "evil.example:11435")
     assert is_json("application/json") and is_json("Application/JSON; charset=utf-8")
     assert is_json("application/vnd.api+json")
     for bad in (None, "", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
@@ -333,3 +338,21 @@ def test_server_start_refuses_open_mode_off_loopback(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--insecure" in result.output and "open" in result.output
+
+
+def test_require_grant_for_checks_inside_a_route(store: KeyStore) -> None:
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+
+    from kronk.server.security import require_grant
+    from kronk.server.security.middleware import CALLER_KEY, MODE_KEY
+
+    chat = verify_token(store, create_token(store, parse_endpoints("chat"), duration_s=60))
+    tools = verify_token(store, create_token(store, parse_endpoints("chat,tools"), duration_s=60))
+    base = {"type": "http", "headers": []}
+    require_grant(Request({**base, MODE_KEY: "all", CALLER_KEY: tools}), "tools")
+    require_grant(Request({**base, MODE_KEY: "manage", CALLER_KEY: None}), "tools")
+    for caller in (chat, None):
+        with pytest.raises(HTTPException) as err:
+            require_grant(Request({**base, MODE_KEY: "all", CALLER_KEY: caller}), "tools")
+        assert err.value.status_code == 403

@@ -437,7 +437,8 @@ def status(home: HomeOption = None) -> None:
     base_url = _running_url(settings, pid)
     typer.echo(f"running (pid {pid}) at {base_url}/v1")
     try:
-        models = httpx.get(f"{base_url}/api/ps", timeout=5).json()["models"]
+        response = httpx.get(f"{base_url}/api/ps", headers=_admin_headers(settings), timeout=5)
+        models = response.json()["models"]
     except (httpx.HTTPError, ValueError, KeyError):
         return
     for m in models:
@@ -445,6 +446,17 @@ def status(home: HomeOption = None) -> None:
             f"  {m['id']}: {m['status']}, {m['slots_in_use']}/{m['slots']} slots busy, "
             f"{m['memory_bytes'] / 2**20:.0f} MiB"
         )
+
+
+def _admin_headers(settings: ServerSettings) -> dict[str, str]:
+    """The first key's admin token, if there is one: `status` works with --auth all."""
+    from kronk.server.security.keys import ADMIN_TOKEN_FILE
+
+    try:
+        token = (settings.paths.keys_dir / ADMIN_TOKEN_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return {}
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 @app.command()

@@ -73,9 +73,14 @@ class BrowserPolicy:
         )
         return cls(own, patterns, loopback, extra - {""})
 
-    def origin_allowed(self, origin: str) -> bool:
+    def origin_allowed(self, origin: str, host_header: str | None = None) -> bool:
         origin = origin.strip().lower().rstrip("/")
         if origin in self.own_origins:
+            return True
+        if not self.check_host and host_header and origin == f"http://{host_header.lower()}":
+            # Bound to a LAN address or all of them: the UI is reached by whatever name or
+            # address the network gives this machine. A page that rebinds its own name here
+            # gets what any LAN peer gets, which auth manage|all (required here) limits.
             return True
         if origin == "null":  # sandboxed frames and file:// pages: never, unless listed
             return "null" in self.patterns

@@ -151,7 +151,7 @@ class SecurityMiddleware:
                              "host_not_allowed")  # fmt: skip
             return _Refusal(info, "browser_refused", "host")
         origin = headers.get("origin")
-        if origin is not None and not policy.origin_allowed(origin):
+        if origin is not None and not policy.origin_allowed(origin, headers.get("host")):
             info = ErrorInfo(
                 "permission",
                 "requests from this origin are not allowed (see --allowed-origins)",
