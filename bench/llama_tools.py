@@ -209,7 +209,9 @@ def llama_server_spec(
     return ServerSpec("llama-server", command, port, "/health", model.stem)
 
 
-def kronk_server_spec(model: Path, *, parallel: int, ctx_per_slot: int, threads: int) -> ServerSpec:
+def kronk_server_spec(
+    model: Path, *, parallel: int, ctx_per_slot: int, threads: int, extra: Sequence[str] = ()
+) -> ServerSpec:
     """`kronk server start` with `parallel` slots of `ctx_per_slot` tokens each.
 
     It gets a home folder of its own (its pid file must not clash with a server the user
@@ -239,6 +241,7 @@ def kronk_server_spec(model: Path, *, parallel: int, ctx_per_slot: int, threads:
         str(home),
         "--log-level",
         "warning",
+        *extra,
     ]
     return ServerSpec("kronk server", command, port, "/health/ready", model.stem)
 

@@ -402,7 +402,7 @@ def test_adaptive_drafting_falls_to_zero_when_drafts_are_rejected(
     tiny: LlamaModel, other_tiny: LlamaModel
 ) -> None:
     spec = SpeculativeConfig(mode="draft", draft_model="other", draft_max=8)
-    prompt = prompt_of(tiny, PROMPTS[2])
+    prompt = prompt_of(tiny, PROMPTS[1])  # where the other model never guesses right
     engine = make_engine(tiny, spec, other_tiny)
     try:
         result = generate(engine, prompt, max_tokens=400, ignore_eos=True)
@@ -546,3 +546,57 @@ def test_the_sdk_takes_speculative_and_reports_drafts(tiny_llama_path: Path) -> 
             assert alone.usage is not None and alone.usage.draft_tokens == 0
             assert alone.choices[0].text == resp.choices[0].text
     assert outputs["off"] == outputs["ngram"]
+
+
+def test_server_settings_carry_spec_draft_model_and_draft_max(tmp_path: Path) -> None:
+    from kronk.errors import ConfigError
+    from kronk.server.settings import ServerSettings
+
+    home = tmp_path / "home"
+    (home).mkdir()
+    (home / "config.yaml").write_text(
+        "models:\n  big:\n    spec: draft\n    draft-model: small\n    draft-max: 4\n"
+    )
+    settings = ServerSettings.load(
+        {"home": home, "spec": "ngram", "draft_max": 8}, environ={"KRONK_DRAFT_MODEL": "x.gguf"}
+    )
+    defaults = settings.load_defaults()
+    assert (defaults["speculative"], defaults["draft_max"]) == ("ngram", 8)
+    assert defaults["draft_model"] == "x.gguf"
+    big = settings.model_options()["big"]
+    assert (big["speculative"], big["draft_model"], big["draft_max"]) == ("draft", "small", 4)
+    with pytest.raises(ConfigError, match="spec"):
+        ServerSettings.load({"home": home, "spec": "sometimes"}, environ={})
+    with pytest.raises(ConfigError, match="draft_max"):
+        ServerSettings.load({"home": home, "draft_max": 0}, environ={})
+
+
+def test_the_pool_turns_a_draft_model_id_into_its_file(tmp_path: Path) -> None:
+    from kronk.models.resolver import StaticResolver
+    from kronk.pool import ModelPool
+
+    small, big = tmp_path / "small.gguf", tmp_path / "big.gguf"
+    small.write_bytes(b"GGUF")
+    big.write_bytes(b"GGUF")
+    pool = ModelPool(StaticResolver.from_paths({"small": small, "big": big}))
+    assert pool._with_draft_path("big", {"draft_model": "small"})["draft_model"] == small
+    assert pool._with_draft_path("big", {"draft_model": str(small)})["draft_model"] == small
+    off = pool._with_draft_path("big", {"speculative": "off", "draft_model": "small"})
+    assert "draft_model" not in off
+    assert "draft_model" not in pool._with_draft_path("small", {"draft_model": "small"})
+    # No catalog behind a static resolver: `draft` without a named draft loads none here,
+    # and the SDK then refuses with "needs a draft model".
+    assert "draft_model" not in pool._with_draft_path("big", {"speculative": "draft"})
+
+
+def test_the_catalog_names_draft_models_that_exist() -> None:
+    from kronk.errors import CatalogError
+    from kronk.models.catalog import Catalog, parse_catalog, shipped_catalog
+
+    catalog = Catalog(base=shipped_catalog())
+    assert catalog.draft_model_of("qwen2.5-coder-1.5b-instruct") == "qwen2.5-coder-0.5b-instruct"
+    assert catalog.draft_model_of("qwen2.5-coder-0.5b-instruct") is None
+    text = (Path(__file__).parents[1] / "src/kronk/models/catalog.yaml").read_text()
+    broken = text.replace("draft_model: qwen2.5-coder-0.5b-instruct", "draft_model: nope")
+    with pytest.raises(CatalogError, match="draft_model 'nope' is not another model"):
+        parse_catalog(broken, "test")

@@ -16,11 +16,38 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 
 from kronk.errors import InvalidRequestError
 from kronk.llama import Batch, ContextParams, LlamaContext, LlamaModel, Vocab
+
+
+class History(Sequence[int]):
+    """A slot's tokens and its last sampled one, read in place: a draft model looks at
+    the few tokens it lacks, so nothing here may copy the whole context each step."""
+
+    def __init__(self, fed: list[int], last: int) -> None:
+        self._fed = fed
+        self._last = last
+
+    def __len__(self) -> int:
+        return len(self._fed) + 1
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            return [self[i] for i in range(start, stop, step)]
+        if index < 0:
+            index += len(self)
+        return self._last if index == len(self._fed) else self._fed[index]
 
 
 @dataclass

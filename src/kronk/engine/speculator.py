@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 
 from kronk.engine.config import EngineConfig, EngineStats
-from kronk.engine.draft import DraftModel
+from kronk.engine.draft import DraftModel, History
 from kronk.engine.ngram import NgramIndex, SharedNgrams
 from kronk.engine.slots import Active, Slot
 from kronk.engine.speculative import (
@@ -136,15 +136,14 @@ class Speculator:
             adaptive=spec.adaptive,
             model_step_seconds=self._draft_seconds_per_position,
         )
-        wants: list[tuple[int, list[int], int]] = []
+        wants: list[tuple[int, Sequence[int], int]] = []
         for c in candidates:
             k = min(chosen.get(c.seq_id, 0), spare)
             spare -= k
             slot, a = by_seq[c.seq_id]
             c.state.idle_steps = 0 if k else c.state.idle_steps + 1
-            if k and c.from_model:
-                assert a.ngrams is not None or not spec.uses_ngram
-                wants.append((c.seq_id, [*slot.tokens, a.next_token], k))  # type: ignore[list-item]
+            if k and c.from_model and a.next_token is not None:
+                wants.append((c.seq_id, History(slot.tokens, a.next_token), k))
             elif k:
                 a.draft, a.draft_from_model = offers[c.seq_id][:k], False
         if wants and self.draft is not None:
