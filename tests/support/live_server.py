@@ -68,7 +68,7 @@ class LiveServer:
         )
 
     def http(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=120, **kwargs)
+        return httpx.Client(base_url=self.base_url, **{"timeout": 120, **kwargs})
 
     def stop(self, timeout: float = 60.0) -> None:
         self.server.begin_shutdown()
