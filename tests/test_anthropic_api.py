@@ -334,7 +334,11 @@ BAD_REQUESTS: list[tuple[Any, int, str]] = [
     ),
     ({"model": "tiny", "max_tokens": 5, "messages": "hello"}, 400, "invalid_request_error"),
     (
-        {"model": "tiny", "max_tokens": 5, "messages": [{"role": "user", "content": "hello " * 2000}]},
+        {
+            "model": "tiny",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hello " * 2000}],
+        },
         413,
         "request_too_large",
     ),
