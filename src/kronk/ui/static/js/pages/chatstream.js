@@ -9,7 +9,7 @@ export function messageView(message) {
   const reasoning = h("details", { class: "reasoning", hidden: !message.reasoning },
     h("summary", {}, "Reasoning"), h("div", { class: "reasoning-text" }));
   const tools = h("div", { class: "tool-calls" });
-  const footer = h("footer", { class: "muted stats" });
+  const footer = h("footer", { class: "muted answer-stats" });
   const el = h("article", { class: `message ${message.role}`, dataset: { role: message.role } },
     h("header", {}, message.role), reasoning, body, tools, footer);
   const view = { el, update: () => paint(view, message), body, reasoning, tools, footer };

@@ -37,7 +37,7 @@ function modelRow(m) {
       h("button", { class: "danger", "aria-label": `Remove ${m.id}`, onclick: () => remove(m.id) }, "Remove"),
     );
   }
-  actions.append(h("a", { class: "button secondary", href: `#/chat?model=${encodeURIComponent(m.id)}` }, "Chat"));
+  actions.append(h("a", { class: "button secondary", "aria-label": `Chat with ${m.id}`, href: `#/chat?model=${encodeURIComponent(m.id)}` }, "Chat"));
   return h("tr", { dataset: { model: m.id } },
     h("th", { scope: "row" }, m.id),
     h("td", {}, formatBytes(m.size)),

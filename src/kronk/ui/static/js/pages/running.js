@@ -81,5 +81,5 @@ function drawChart(el, text) {
   el.replaceChildren(h("table", { class: "bars", "aria-label": "Decode tokens per second by context size" },
     ...rows.map((r) => h("tr", {},
       h("th", { scope: "row" }, r.key),
-      h("td", {}, h("span", { class: "bar", style: `width:${(100 * r.speed) / max}%` }), ` ${r.speed.toFixed(1)}`)))));
+      h("td", {}, h("span", { class: "bar", style: `width:${(80 * r.speed) / max}%` }), ` ${r.speed.toFixed(1)}`)))));
 }
