@@ -10,6 +10,7 @@ the same for what happens outside any route (unknown paths, draining, middleware
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -105,9 +106,19 @@ def classify(exc: KronkError) -> ErrorInfo:
         # Templates reject message sequences they can't render (e.g. roles that don't
         # alternate): that is the request's content, so 400.
         return ErrorInfo("invalid_request", message, "messages", "template_error")
+    # kronk's own failures (a model that will not load, bad settings) name files in the
+    # home; a client sees the reason without the layout, the server's log keeps it all.
     if isinstance(exc, ConfigError):
-        return ErrorInfo("server", message, None, "config_error")
-    return ErrorInfo("server", message, None, type(exc).__name__)
+        return ErrorInfo("server", redact_paths(message), None, "config_error")
+    return ErrorInfo("server", redact_paths(message), None, type(exc).__name__)
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:~|/)(?:[^\s'\"(),;:]+/)+[^\s'\"(),;:]*")
+
+
+def redact_paths(message: str) -> str:
+    """`message` with absolute file paths replaced by `<path>`."""
+    return _ABSOLUTE_PATH.sub("<path>", message)
 
 
 def http_error(exc: HTTPException) -> ErrorInfo:
@@ -257,6 +268,7 @@ __all__ = [
     "error_info",
     "param_path",
     "protocol_route",
+    "redact_paths",
     "register_renderer",
     "render_for_path",
     "renderer_for",
