@@ -201,7 +201,7 @@ def test_server_info_has_version_build_settings_and_links(srv: LiveServer) -> No
     assert "cpu" in info["llama_cpp"]["backends"]
     assert info["settings"]["port"] == int(srv.base_url.rsplit(":", 1)[1])
     assert info["links"]["metrics"] == "/metrics"
-    assert info["auth"] == {"enabled": False}
+    assert info["auth"]["enabled"] is False
 
 
 def test_secrets_in_settings_are_never_echoed() -> None:

@@ -94,6 +94,12 @@ def build() -> dict[str, Any]:
     }
 
 
+def auth_mode(request: Request) -> str:
+    """The security mode ("open", "manage", "all"); "open" when security is absent."""
+    security = getattr(request.app.state, "security", None)
+    return str(getattr(security, "mode", "open"))
+
+
 @router.get("/server")
 async def server_info(request: Request) -> dict[str, Any]:
     state = server_state(request)
@@ -110,8 +116,8 @@ async def server_info(request: Request) -> dict[str, Any]:
             "ready": "/health/ready",
             "openapi": "/openapi.json",
         },
-        # Filled in by the security work: the UI shows a sign-in box when this is true.
-        "auth": {"enabled": bool(getattr(request.app.state, "auth_enabled", False))},
+        # The UI shows a sign-in box when auth is on (security's mode is not "open").
+        "auth": {"enabled": auth_mode(request) != "open", "mode": auth_mode(request)},
     }
 
 
