@@ -48,13 +48,14 @@ def version(
 
 def _register() -> None:
     # Imported here, after the root, so each group's module is the only place it is defined.
-    from kronk.cli import catalog, libs, models, registry, run, security, server
+    from kronk.cli import catalog, libs, models, registry, run, security, server, tools
 
     app.add_typer(models.app, name="model")
     app.add_typer(catalog.app, name="catalog")
     app.add_typer(server.app, name="server")
     app.add_typer(registry.app, name="registry")
     app.add_typer(security.app, name="security")
+    app.add_typer(tools.app, name="tools")
     libs.register(app)
     run.register(app)
 

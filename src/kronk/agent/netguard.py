@@ -1,0 +1,143 @@
+"""Where web_fetch may connect: the check is made on each resolved address, inside the
+HTTP client's connect, so a name that resolves to a private address (or a redirect to
+one) is refused before any connection is made to it, and the address checked is the one
+connected to (no second lookup a DNS rebinding could change)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import typing
+from collections.abc import Iterable
+
+import anyio
+import httpcore
+import httpx
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Cloud metadata services (AWS/GCP/Azure/OpenStack at 169.254.169.254, AWS's IPv6 one,
+# Alibaba's): named apart so the refusal says what they are.
+METADATA = {
+    ipaddress.ip_address("169.254.169.254"),
+    ipaddress.ip_address("fd00:ec2::254"),
+    ipaddress.ip_address("100.100.100.200"),
+}
+
+
+class AddressRefused(Exception):
+    """A fetch would connect to an address that is not public (and not allow-listed)."""
+
+
+def refusal(address: IPAddress, allowed: Iterable[Network]) -> str | None:
+    """Why `address` may not be fetched from, or None if it may."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    if any(address in net for net in allowed):
+        return None
+    if address in METADATA:
+        return f"{address} is a cloud metadata address"
+    if address.is_loopback:
+        return f"{address} is a loopback address"
+    if address.is_link_local:
+        return f"{address} is a link-local address"
+    if address.is_private or address.is_reserved or address.is_unspecified:
+        return f"{address} is a private or reserved address"
+    if address.is_multicast or not address.is_global:
+        return f"{address} is not a public address"
+    return None
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, resolving and checking every address before connecting."""
+
+    def __init__(self, allowed: Iterable[Network]) -> None:
+        self._allowed = list(allowed)
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+        if not addresses:
+            raise AddressRefused(f"{host} did not resolve")
+        # Every address the name has must pass: else a name with one public and one
+        # private address would be a way in.
+        for address in addresses:
+            reason = refusal(address, self._allowed)
+            if reason is not None:
+                raise AddressRefused(f"refused to connect to {host}: {reason}")
+        return await self._inner.connect_tcp(
+            str(addresses[0]), port, timeout, local_address, socket_options
+        )
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise AddressRefused("unix sockets are not fetched")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    def __init__(self, stream: typing.AsyncIterable[bytes]) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> typing.AsyncIterator[bytes]:
+        async for part in self._stream:
+            yield part
+
+    async def aclose(self) -> None:
+        close = getattr(self._stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport over a connection pool that uses `GuardedBackend`. No proxy:
+    a proxy would make the connection, so the check would be on the wrong address."""
+
+    def __init__(self, allowed: Iterable[Network]) -> None:
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(), network_backend=GuardedBackend(allowed)
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, typing.AsyncIterable)
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        response = await self._pool.handle_async_request(core)
+        assert isinstance(response.stream, typing.AsyncIterable)
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.headers,
+            stream=_ResponseStream(response.stream),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+__all__ = ["METADATA", "AddressRefused", "GuardedBackend", "GuardedTransport", "refusal"]
