@@ -22,6 +22,9 @@ class Site:
     port: int
     paths: list[str] = field(default_factory=list)
     queries: list[str] = field(default_factory=list)
+    # /slow: `arrived` is set when a request comes, and the answer waits for `release`.
+    arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -62,6 +65,10 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
                 self._send(
                     302, b"", "text/plain", Location="http://169.254.169.254/latest/meta-data/"
                 )
+            elif url.path == "/slow":
+                site.arrived.set()
+                site.release.wait(30)  # bounded, so a failing test still ends
+                self._send(200, b"late", "text/plain")
             elif url.path == "/search":
                 query = parse_qs(url.query).get("q", [""])[0]
                 site.queries.append(query)

@@ -9,12 +9,17 @@ A turn's events come in this order: `TurnStarted` once (when the prompt has a sl
 then any mix of `ReasoningDelta`, `ContentDelta` and tool-call events (a call's
 `ToolCallStart`, then its `ToolCallArgumentsDelta`s, then `ToolCallEnd`), and one
 `TurnFinished` last.
+
+When kronk runs tools itself (`kronk.agent.loop`), one request spans several turns; the
+loop passes their events on as one turn's (one `TurnStarted`, one `TurnFinished`) and
+reports the calls it runs as `ServerToolCall` and `ServerToolResult` instead of the
+tool-call events. Adapters that do not know these two ignore them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from kronk.engine.request import TokenLogprob, Usage
 from kronk.errors import KronkError
@@ -95,6 +100,31 @@ class TurnFinished:
     error: KronkError | None = None  # with reason "error"
 
 
+@dataclass(frozen=True)
+class ServerToolCall:
+    """The model called a tool kronk runs (built-in or MCP); it is about to run."""
+
+    id: str
+    name: str  # as the model called it: web_fetch, SERVER__TOOL
+    arguments: str  # JSON text
+    source: str  # "builtin" or "mcp:SERVER"
+    tool: str  # the tool's own name (on its MCP server for MCP tools)
+    round: int  # 1 for the calls of the first turn, 2 for the next, ...
+
+
+@dataclass(frozen=True)
+class ServerToolResult:
+    """What a server tool gave back (also what the model reads next)."""
+
+    id: str
+    name: str
+    content: str
+    is_error: bool
+    source: str
+    tool: str
+    data: Any = None  # structured output where the tool has one (search results)
+
+
 ChatEvent = (
     TurnStarted
     | ContentDelta
@@ -103,12 +133,16 @@ ChatEvent = (
     | ToolCallArgumentsDelta
     | ToolCallEnd
     | TurnFinished
+    | ServerToolCall
+    | ServerToolResult
 )
 
 __all__ = [
     "ChatEvent",
     "ContentDelta",
     "ReasoningDelta",
+    "ServerToolCall",
+    "ServerToolResult",
     "StopReason",
     "ToolCallArgumentsDelta",
     "ToolCallEnd",
