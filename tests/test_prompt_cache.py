@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kronk.engine.engine import Engine, EngineConfig
-from kronk.engine.request import Event, Finished, GenerationRequest, TextDelta, Usage
+from kronk.engine.request import Admitted, Event, Finished, GenerationRequest, TextDelta, Usage
 from kronk.llama import LlamaModel, SamplingParams
 
 GREEDY = SamplingParams(temperature=0)
@@ -47,7 +47,7 @@ def run(engine: Engine, prompt: list[int], max_tokens: int = 12) -> tuple[str, U
             text += event.text
         elif isinstance(event, Finished):
             return text, event.usage
-        else:
+        elif not isinstance(event, Admitted):  # admission comes first; then text, then the end
             raise AssertionError(event)
 
 

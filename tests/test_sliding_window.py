@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kronk.engine.engine import Engine, EngineConfig
-from kronk.engine.request import Event, Finished, GenerationRequest, TextDelta, Usage
+from kronk.engine.request import Admitted, Event, Finished, GenerationRequest, TextDelta, Usage
 from kronk.llama import LlamaModel, SamplingParams
 
 
@@ -38,7 +38,7 @@ def generate(engine: Engine, prompt: list[int], max_tokens: int = 12) -> tuple[s
             text += event.text
         elif isinstance(event, Finished):
             return text, event.usage
-        else:
+        elif not isinstance(event, Admitted):  # admission comes first; then text, then the end
             raise AssertionError(event)
 
 
