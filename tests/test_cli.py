@@ -675,7 +675,7 @@ def test_ps_lists_what_a_running_server_has_loaded(home: Path, tiny_llama_path: 
     header, row = table.stdout.splitlines()[:2]
     assert header.split() == [
         *("NAME", "STATUS", "SLOTS", "QUEUED", "MEMORY", "CONTEXT"),
-        *("TOK/S", "TTFT", "CACHE", "UNLOADS"),
+        *("TOK/S", "TTFT", "CACHE", "SPEC", "UNLOADS"),
     ]
     assert re.search(rf"{name}\s+ready\s+0/\d+.* s\s+\d+%\s+in \d+ min", row)
     assert "…" not in table.stdout
