@@ -59,7 +59,7 @@ CHAT_PROMPT = "Explain how a hash map works and when to use one, with a short Py
 PARALLEL_EDITS = ("StopFinder", "StopScanner", "StopWatcher", "StopTracker")
 CTX = 4096
 BIG_MODEL = Path("~/.cache/kronk-test/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf").expanduser()
-NGRAM_TYPES = ("ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod", "ngram-cache")
+NGRAM_TYPES = ("ngram-simple", "ngram-mod")  # ngram-map-k is ngram-simple with counts
 
 
 def edit_messages(new_name: str = "StopFinder") -> list[dict[str, str]]:
@@ -180,6 +180,62 @@ def run_side(
     return done
 
 
+LAYOUTS: dict[str, list[int]] = {
+    # tokens fed per slot (slots 0..3, one KV stream each), as a verification step would
+    "4 slots x 1 token (plain step)": [1, 1, 1, 1],
+    "4 slots x 5 tokens (equal drafts: one pass)": [5, 5, 5, 5],
+    "1 slot x 5 + 3 x 1 (one long draft: two passes)": [5, 1, 1, 1],
+    "1 slot x 17 + 3 x 1 (two passes)": [17, 1, 1, 1],
+    "1 slot x 1 (plain, single stream)": [1],
+    "1 slot x 5": [5],
+    "1 slot x 17": [17],
+}
+
+
+def measure_layouts(model: Path, threads: int, repetitions: int = 7) -> list[str]:
+    """Decode time of the batch layouts a verification step can take, on the model's own
+    context (one KV stream per slot, 512 tokens of context each): the measured basis of
+    the engine's cost model (passes x t_pass + tokens x t_token)."""
+    from kronk.engine.speculative import count_passes
+    from kronk.llama import Batch, ContextParams, LlamaContext, LlamaModel
+
+    llama = LlamaModel.load(model)
+    ctx = LlamaContext(
+        llama, ContextParams(n_ctx=4 * 1024, n_seq_max=4, n_threads=threads, kv_unified=False)
+    )
+    batch = Batch(512, 1)
+    rows = ["| layout | passes | decode ms, median (range) |", "|---|---:|---:|"]
+    try:
+        prompt = llama.vocab.tokenize("def f(x):\n    return x * 2\n" * 20)
+        for seq in range(4):  # some context to attend to, as in a real step
+            batch.clear()
+            batch.add_sequence(prompt, 0, seq, output_last=True)
+            ctx.decode(batch)
+        for name, lengths in LAYOUTS.items():
+            times = []
+            for _ in range(repetitions):
+                batch.clear()
+                for seq, n in enumerate(lengths):
+                    batch.add_sequence(
+                        prompt[:n], len(prompt), seq, output_last=True, output_all=True
+                    )
+                start = time.perf_counter()
+                ctx.decode(batch)
+                times.append(1000 * (time.perf_counter() - start))
+                for seq in range(len(lengths)):
+                    ctx.seq_remove(seq, len(prompt), -1)
+            passes = count_passes(list(enumerate(lengths)), ctx.n_ubatch)
+            rows.append(
+                f"| {name} | {passes} | {statistics.median(times):.1f} "
+                f"({min(times):.1f}–{max(times):.1f}) |"
+            )
+    finally:
+        batch.close()
+        ctx.close()
+        llama.close()
+    return rows
+
+
 def supported_spec_types() -> list[str]:
     """The n-gram `--spec-type` values this llama-server build knows."""
     help_text = run_tool([str(ensure_tool("llama-server")), "--help"], with_stderr=True)
@@ -268,6 +324,9 @@ def main() -> int:
     parser.add_argument(
         "--only", choices=("edit", "chat", "parallel"), action="append", help="workloads to run"
     )
+    parser.add_argument(
+        "--layouts-only", action="store_true", help="only time the batch layouts and print them"
+    )
     args = parser.parse_args()
     small = chosen_model(args)
     with_llama = not args.no_llama_server
@@ -284,7 +343,7 @@ def main() -> int:
             {
                 "llama-server plain": [],
                 **{
-                    f"llama-server {t}": ["--spec-type", t, "--draft-max", "48"]
+                    f"llama-server {t}": ["--spec-type", t]  # its defaults: drafts up to 48
                     for t in ngram_types
                 },
             },
@@ -300,7 +359,14 @@ def main() -> int:
             },
             {
                 "llama-server plain": [],
-                "llama-server draft (0.5B)": ["--model-draft", str(small), "--threads-draft", "2"],
+                "llama-server draft (0.5B)": [
+                    "--model-draft",
+                    str(small),
+                    "--threads-draft",
+                    str(args.threads),
+                    "--spec-draft-n-max",
+                    str(args.draft_max),
+                ],
             },
         ),
         "parallel": Workload(
@@ -318,6 +384,11 @@ def main() -> int:
         ),
     }
     chosen = args.only or list(workloads)
+    log("batch layouts of a verification step")
+    layouts = measure_layouts(small, args.threads)
+    if args.layouts_only:
+        print("\n".join(layouts))
+        return 0
     if "chat" in chosen and not BIG_MODEL.exists():
         raise SystemExit(f"{BIG_MODEL} is missing: assemble qwen2.5-coder-1.5b-instruct first")
     watch = CpuWatch()
@@ -329,7 +400,8 @@ def main() -> int:
     lines = [
         *section_preamble("speculative", small, args.threads, watch),
         f"- greedy, streamed chat completions, {args.rounds} round(s); kronk `--draft-max "
-        f"{args.draft_max}` (adaptive), llama-server n-gram modes with `--draft-max 48`",
+        f"{args.draft_max}` (adaptive); llama-server's n-gram modes at their defaults (drafts "
+        f"up to 48), its draft model with `--spec-draft-n-max {args.draft_max}`",
         "",
     ]
     for key in chosen:
@@ -348,6 +420,12 @@ def main() -> int:
             goals["kronk auto"] = ("kronk off", 0.97)
         plain = {n: "kronk off" if n.startswith("kronk") else "llama-server plain" for n in w.sides}
         lines += [*w.table(plain, goals), ""]
+    lines += [
+        "**batch layouts** (one KV stream per slot; what the engine's cost model fits):",
+        "",
+        *layouts,
+        "",
+    ]
     publish("\n".join(lines), args)
     return 0
 

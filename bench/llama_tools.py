@@ -81,6 +81,11 @@ other processes took while it ran. Benchmarks are not part of `make test`.
 - **kv_cache_types** (`bench/bench_kv_cache_types.py`): KV cache memory against quality.
 - **server_threads** (`bench/bench_server_threads.py`): a kronk server's CPU per thread
   while 8 clients stream: llama.cpp's compute threads against everything else.
+- **speculative** (`bench/bench_speculative.py`): speculative decoding on an edit (n-gram),
+  a free chat on the 1.5B (n-gram and the 0.5B as draft) and 4 parallel streams, against
+  plain decoding and llama-server's n-gram and draft modes; and the decode cost of the
+  batch layouts a verification step can take. Goals: edit ≥ 2.2× plain and ≥ 1.0×
+  llama-server's best n-gram mode; everything else ≥ 0.97× plain.
 """
 
 
