@@ -677,7 +677,7 @@ def test_ps_lists_what_a_running_server_has_loaded(home: Path, tiny_llama_path: 
         *("NAME", "STATUS", "SLOTS", "QUEUED", "MEMORY", "CONTEXT"),
         *("TOK/S", "TTFT", "CACHE", "SPEC", "UNLOADS"),
     ]
-    assert re.search(rf"{name}\s+ready\s+0/\d+.* s\s+\d+%\s+in \d+ min", row)
+    assert re.search(rf"{name}\s+ready\s+0/\d+.* s\s+\d+%\s+(-|\d+%)\s+in \d+ min", row)
     assert "…" not in table.stdout
 
 
