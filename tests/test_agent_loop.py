@@ -54,8 +54,8 @@ def _forced(name: str) -> dict[str, Any]:
 async def _run(loop: ToolLoop) -> list[ChatEvent]:
     events: list[ChatEvent] = []
     try:
-        async for batch in loop:
-            events += batch
+        async for event in loop:
+            events.append(event)
     finally:
         await loop.aclose()
     return events

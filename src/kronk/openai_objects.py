@@ -17,6 +17,8 @@ from kronk.chat.events import (
     ChatEvent,
     ContentDelta,
     ReasoningDelta,
+    ServerToolCall,
+    ServerToolResult,
     StopReason,
     ToolCallArgumentsDelta,
     ToolCallEnd,
@@ -46,6 +48,7 @@ from kronk.types import (
     FinishReason,
     FunctionCall,
     PromptTokensDetails,
+    ServerToolCallInfo,
     TopLogprob,
 )
 
@@ -123,10 +126,31 @@ class ChatCompletionBuilder:
         self._reasoning: list[str] = []
         self._logprobs: list[ChatCompletionTokenLogprob] = []
         self._calls: list[ToolCallEnd] = []
+        self._server_calls: dict[str, ServerToolCallInfo] = {}
         self.finished: TurnFinished | None = None
 
     def first_chunks(self) -> list[ChatCompletionChunk]:
         return [self._chunk(ChoiceDelta(role="assistant", content=""))]
+
+    def _server_tool(self, event: ServerToolCall | ServerToolResult) -> ChatCompletionChunk:
+        """A server tool's call or result, as its own delta (kronk's extension)."""
+        if isinstance(event, ServerToolCall):
+            info = ServerToolCallInfo(
+                id=event.id, name=event.name, source=event.source, arguments=event.arguments
+            )
+            self._server_calls[event.id] = info
+        else:
+            info = ServerToolCallInfo(
+                id=event.id,
+                name=event.name,
+                source=event.source,
+                output=event.content,
+                is_error=event.is_error,
+            )
+            known = self._server_calls.get(event.id)
+            arguments = known.arguments if known is not None else None
+            self._server_calls[event.id] = info.model_copy(update={"arguments": arguments})
+        return self._chunk(ChoiceDelta(server_tool_calls=[info]))
 
     def on_events(self, events: Sequence[ChatEvent]) -> list[ChatCompletionChunk]:
         """The chunks for the events of one engine step: text first (content and reasoning
@@ -154,6 +178,24 @@ class ChatCompletionBuilder:
                 self._calls.append(event)
             elif isinstance(event, TurnFinished):
                 self.finished = event
+            elif isinstance(event, ServerToolCall | ServerToolResult):
+                # Text before the call goes out first, so the client sees things in order.
+                chunks += self._text_chunks(content, reasoning, logprobs)
+                content = reasoning = ""
+                logprobs = []
+                chunks.append(self._server_tool(event))
+        chunks = self._text_chunks(content, reasoning, logprobs) + chunks
+        chunks += [self._chunk(ChoiceDelta(tool_calls=[call])) for call in calls]
+        if self.finished is not None:
+            final = self._chunk(ChoiceDelta(), finish_reason=finish_reason(self.finished))
+            final.usage = completion_usage(self.finished.usage)
+            chunks.append(final)
+        return chunks
+
+    def _text_chunks(
+        self, content: str, reasoning: str, logprobs: list[ChatCompletionTokenLogprob]
+    ) -> list[ChatCompletionChunk]:
+        chunks: list[ChatCompletionChunk] = []
         self._content.append(content)
         self._reasoning.append(reasoning)
         self._logprobs += logprobs
@@ -162,11 +204,6 @@ class ChatCompletionBuilder:
             chunks.append(
                 self._chunk(delta, logprobs=ChoiceLogprobs(content=logprobs) if logprobs else None)
             )
-        chunks += [self._chunk(ChoiceDelta(tool_calls=[call])) for call in calls]
-        if self.finished is not None:
-            final = self._chunk(ChoiceDelta(), finish_reason=finish_reason(self.finished))
-            final.usage = completion_usage(self.finished.usage)
-            chunks.append(final)
         return chunks
 
     def _chunk(
@@ -205,6 +242,7 @@ class ChatCompletionBuilder:
             content=content,
             reasoning_content="".join(self._reasoning) or None,
             tool_calls=tool_calls or None,
+            server_tool_calls=list(self._server_calls.values()) or None,
         )
         choice = Choice(
             index=self.index,

@@ -69,11 +69,24 @@ class ChatCompletionMessageToolCall(BaseModel):
     function: FunctionCall
 
 
+class ServerToolCallInfo(BaseModel):
+    """A tool kronk ran for the model (kronk's extension; docs/tools.md). Streamed twice:
+    with `arguments` when the model calls it, with `output` and `is_error` when it ran."""
+
+    id: str
+    name: str
+    source: str  # "builtin" or "mcp:SERVER"
+    arguments: str | None = None
+    output: str | None = None
+    is_error: bool | None = None
+
+
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ChatCompletionMessageToolCall] | None = None
+    server_tool_calls: list[ServerToolCallInfo] | None = None
 
 
 class Choice(BaseModel):
@@ -113,6 +126,7 @@ class ChoiceDelta(BaseModel):
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ChoiceDeltaToolCall] | None = None
+    server_tool_calls: list[ServerToolCallInfo] | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -104,6 +104,7 @@ def live_server(
     keepalive: float = 5.0,
     auth: AuthMode = "open",
     allowed_origins: tuple[str, ...] = (),
+    settings_extra: Mapping[str, Any] | None = None,  # more ServerSettings fields
 ) -> Iterator[LiveServer]:
     resolved = {
         name: m if isinstance(m, ResolvedModel) else ResolvedModel(id=name, path=m)
@@ -122,6 +123,7 @@ def live_server(
         keepalive=keepalive,
         auth=auth,
         allowed_origins=allowed_origins,
+        **(settings_extra or {}),
     )
     defaults = {"n_threads": 2, **(load_defaults or {})}
     pool = ModelPool(

@@ -79,7 +79,10 @@ def _sum_usage(a: TurnUsage | None, b: TurnUsage) -> TurnUsage:
     )
 
 
-class ToolLoop:
+class ToolLoop(AsyncEventStream):
+    """An `AsyncEventStream` (so the routes' helpers take it as one turn) whose events
+    span every turn of the loop."""
+
     def __init__(
         self,
         start_turn: StartTurn,
@@ -89,6 +92,7 @@ class ToolLoop:
         server_tools: Sequence[ToolSpec],
         config: ToolsConfig | None = None,
     ) -> None:
+        # The base class's state is not used: each turn has its own stream.
         self._start_turn = start_turn
         self.messages = list(messages)
         self._kwargs = dict(kwargs)
@@ -105,6 +109,7 @@ class ToolLoop:
         self.rounds = 0  # turns that ended in server tool calls
         self._usage: TurnUsage | None = None
         self._pending_finish: TurnFinished | None = None
+        self._pending_events: list[ChatEvent] = []
         self._reset_round()
 
     def _reset_round(self) -> None:
@@ -128,14 +133,20 @@ class ToolLoop:
         out, self._out = self._out, []
         return out
 
-    def __aiter__(self) -> ToolLoop:
-        return self
+    @property
+    def turn(self) -> Any:
+        assert self._stream is not None, "the loop has not started"
+        return self._stream.turn
 
-    async def __anext__(self) -> list[ChatEvent]:
-        batch = await self.next_batch()
-        if not batch:
-            raise StopAsyncIteration
-        return batch
+    async def __anext__(self) -> ChatEvent:
+        while not self._pending_events:
+            self._pending_events = await self.next_batch()
+            if not self._pending_events:
+                raise StopAsyncIteration
+        return self._pending_events.pop(0)
+
+    def __del__(self) -> None:  # each turn's stream cancels itself when collected
+        pass
 
     async def aclose(self) -> None:
         self._done = True

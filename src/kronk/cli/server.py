@@ -178,6 +178,20 @@ def start(
             "--insecure", help="Allow --auth open on a non-loopback address (env: KRONK_INSECURE)"
         ),
     ] = False,
+    tools: Annotated[
+        str | None,
+        typer.Option(
+            help="Server-side tools offered to every chat request, comma-separated: "
+            "web_search, web_fetch, mcp:NAME (env: KRONK_TOOLS; docs/tools.md)"
+        ),
+    ] = None,
+    mcp_config: Annotated[
+        Path | None,
+        typer.Option(
+            help='MCP servers, an {"mcpServers": {...}} JSON file (env: KRONK_MCP_CONFIG)',
+            dir_okay=False,
+        ),
+    ] = None,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Run in the background (see `kronk server logs`)")
     ] = False,
@@ -207,6 +221,8 @@ def start(
         "auth": auth.lower() if auth else None,
         "allowed_origins": allowed_origins,
         "insecure": True if insecure else None,  # absent: the environment or config decides
+        "tools": tools,
+        "mcp_config": mcp_config.resolve() if mcp_config else None,
     }
     try:
         flags["aliases"] = dict(parse_alias(a) for a in alias) if alias else None

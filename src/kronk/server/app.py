@@ -34,6 +34,7 @@ from kronk.server.openai import router as openai_router
 from kronk.server.security import install_security
 from kronk.server.settings import ServerSettings
 from kronk.server.state import ServerState
+from kronk.server.tools import server_tools
 from kronk.server.telemetry import install_telemetry
 from kronk.ui import install_ui
 
@@ -75,7 +76,9 @@ def create_app(
     """The server's ASGI app over `pool`. With `settings.model` set, that model is
     loaded at startup (readiness says 503 until it is); if the load fails,
     `on_preload_failure` gets the message (the CLI stops the server)."""
-    state = ServerState(pool=pool, settings=settings, preload=settings.model)
+    state = ServerState(
+        pool=pool, settings=settings, preload=settings.model, tools=server_tools(settings)
+    )
 
     async def preload(name: str) -> None:
         try:
@@ -103,6 +106,7 @@ def create_app(
                 with contextlib.suppress(BaseException):
                     await task
             await pool.close()
+            await state.tools.aclose()  # stops the MCP servers kronk started
 
     app = FastAPI(
         title="kronk",

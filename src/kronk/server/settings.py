@@ -62,6 +62,8 @@ ENVIRONMENT: dict[str, str] = {
     "auth": "KRONK_AUTH",
     "allowed_origins": "KRONK_ALLOWED_ORIGINS",
     "insecure": "KRONK_INSECURE",
+    "tools": "KRONK_TOOLS",
+    "mcp_config": "KRONK_MCP_CONFIG",
 }
 
 
@@ -87,6 +89,9 @@ class ModelSettings(BaseModel):
     spec: SpecMode | None = None
     draft_model: str | None = None  # a model id or a GGUF path with this model's vocabulary
     draft_max: DraftMax = None
+    # Server-side tools offered to every request for this model (docs/tools.md), on top
+    # of the server-wide `tools`.
+    tools: list[str] | None = None
     # Sampling defaults (temperature, top_k, ...), over the catalog entry's, key by key.
     sampling: dict[str, float | int] | None = None
 
@@ -157,10 +162,18 @@ class ServerSettings(BaseModel):
     # a comma-separated list in the environment and on the command line.
     allowed_origins: tuple[str, ...] = ()
     insecure: bool = False
+    # Server-side tools (docs/tools.md): those offered to every request (web_search,
+    # web_fetch, mcp:NAME; comma-separated on the command line), the `{"mcpServers"}`
+    # file, and the config file's top-level `tools:` (limits, allow-list, search
+    # backend) and `mcp_servers:` sections.
+    tools: tuple[str, ...] = ()
+    mcp_config: Path | None = None
+    tool_settings: dict[str, Any] = Field(default_factory=dict)
+    mcp_servers: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("allowed_origins", "tools", mode="before")
     @classmethod
-    def _split_origins(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:  # comma-separated in env and flags
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
@@ -241,8 +254,12 @@ class ServerSettings(BaseModel):
             values[key] = value
             sources[key] = f"--{key.replace('_', '-')}"
         try:
+            tool_sections = {
+                "tool_settings": config.get("tools") or {},
+                "mcp_servers": config.get("mcp_servers") or {},
+            }
             return cls.model_validate(
-                {**values, "home": home, "models": models, "aliases": aliases}
+                {**tool_sections, **values, "home": home, "models": models, "aliases": aliases}
             )
         except ValidationError as exc:
             err = exc.errors()[0]

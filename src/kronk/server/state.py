@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
+from kronk.agent.registry import ToolRegistry
 from kronk.pool import ModelPool
 from kronk.server.settings import ServerSettings
 
@@ -21,6 +22,8 @@ class ServerState:
     draining: bool = False  # shutting down: new requests get 503, in-flight ones finish
     inflight: int = 0  # HTTP requests (and streams) being served
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # Server-side tools (docs/tools.md): MCP servers start on first use, stop with it.
+    tools: ToolRegistry = field(default_factory=ToolRegistry)
 
     @property
     def ready(self) -> bool:

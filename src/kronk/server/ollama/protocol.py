@@ -16,15 +16,21 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from kronk.errors import InvalidRequestError, ModelNotFoundError, UnsupportedFeatureError
 from kronk.models.resolver import ResolvedModel
 from kronk.options import SAMPLER_FIELDS, SamplingOptions, parse_options
 from kronk.pool import ModelPool
 from kronk.server.openai.protocol import check_body
+from kronk.server.tool_params import (
+    ServerTool,
+    function_tools,
+    server_tool_entries,
+    tool_kind,
+)
 
 
 class OllamaRequest(BaseModel):
@@ -260,6 +266,10 @@ class Tool(OllamaRequest):
     function: ToolFunction
 
 
+# A `tools` entry: a function, or a tool kronk runs itself (docs/tools.md).
+ToolEntry = Annotated[Annotated[Tool, Tag("function-tool")] | ServerTool, Discriminator(tool_kind)]
+
+
 class GenerationRequest(NamedRequest):
     """What /api/chat and /api/generate share."""
 
@@ -285,7 +295,7 @@ class GenerationRequest(NamedRequest):
 
 class ChatRequest(GenerationRequest):
     messages: list[Message] = Field(default_factory=list)  # empty: only load the model
-    tools: list[Tool] | None = None
+    tools: list[ToolEntry] | None = None  # server tools: docs/tools.md
 
     def template_messages(self) -> list[dict[str, Any]]:
         return [m.for_template(i) for i, m in enumerate(self.messages)]
@@ -294,9 +304,11 @@ class ChatRequest(GenerationRequest):
         return any(m.images for m in self.messages)
 
     def tool_dicts(self) -> list[dict[str, Any]] | None:
-        if not self.tools:
-            return None
-        return [t.model_dump(exclude_none=True) for t in self.tools]
+        return function_tools(self.tools)
+
+    def server_tool_entries(self) -> list[dict[str, Any]]:
+        """The request's server tools (kronk's extension; docs/tools.md)."""
+        return server_tool_entries(self.tools)
 
 
 class GenerateRequest(GenerationRequest):

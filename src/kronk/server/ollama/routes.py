@@ -53,6 +53,7 @@ from kronk.server.ollama.protocol import (
 )
 from kronk.server.ollama.stream import Kind, ReplyBuilder, nanoseconds, ndjson
 from kronk.server.sse import CLIENT_CLOSED, unless_disconnected
+from kronk.server.tools import chat_streams, requested_tool_names
 from kronk.streams import AsyncEventStream
 
 router = APIRouter(route_class=protocol_route(render))
@@ -187,10 +188,15 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         kronk = lease.kronk
         await _check_thinking(kronk, body.think, body.model)
         kwargs = _chat_kwargs(options, kronk, fmt, body)
-        stream = kronk.achat_events(body.template_messages(), tools=body.tool_dicts(), **kwargs)
+        kwargs["tools"] = body.tool_dicts()
+        requested = requested_tool_names(body.server_tool_entries())
     except BaseException:
         lease.release()
         raise
+    # With server tools (docs/tools.md) the stream is a tool loop, read as one turn.
+    state = server_state(request)
+    messages = body.template_messages()
+    (stream,) = await chat_streams(request, state, lease, messages, [kwargs], requested)
     builder = _builder(body, "chat", started, load_seconds)
     return await _reply(request, stream, lease, builder, body.stream, keep_alive)
 

@@ -18,6 +18,8 @@ from kronk.chat.events import (
     ChatEvent,
     ContentDelta,
     ReasoningDelta,
+    ServerToolCall,
+    ServerToolResult,
     ToolCallEnd,
     TurnFinished,
 )
@@ -77,6 +79,8 @@ class ReplyBuilder:
         self.content: list[str] = []
         self.thinking: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
+        # Tools kronk ran (docs/tools.md), by call id: kronk's extension to the message.
+        self.server_tool_calls: dict[str, dict[str, Any]] = {}
         self.finished: TurnFinished | None = None
 
     def _object(self, text: str, thinking: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
@@ -111,6 +115,8 @@ class ReplyBuilder:
                 out.append({**self._object("", "", [call]), "done": False})
             elif isinstance(event, TurnFinished):
                 self.finished = event
+            elif isinstance(event, ServerToolCall | ServerToolResult) and self.kind == "chat":
+                out.append(self._server_tool(event))
         self.content += text
         self.thinking += thinking
         if "".join(text) or "".join(thinking):
@@ -118,6 +124,21 @@ class ReplyBuilder:
         if self.finished is not None:
             out.append(self.final(streamed=True))
         return out
+
+    def _server_tool(self, event: ServerToolCall | ServerToolResult) -> dict[str, Any]:
+        """A streamed object for a server tool's call or result."""
+        info: dict[str, Any] = {"id": event.id, "name": event.name, "source": event.source}
+        if isinstance(event, ServerToolCall):
+            try:  # Ollama's calls carry their arguments as an object
+                info["arguments"] = json.loads(event.arguments or "{}")
+            except ValueError:
+                info["arguments"] = event.arguments
+        else:
+            info.update(output=event.content, is_error=event.is_error)
+        self.server_tool_calls[event.id] = {**self.server_tool_calls.get(event.id, {}), **info}
+        out = self._object("", "", [])
+        out["message"]["server_tool_calls"] = [info]
+        return {**out, "done": False}
 
     def final(self, *, streamed: bool) -> dict[str, Any]:
         """The last object: the whole reply when not streamed, else only the stats."""
@@ -129,6 +150,8 @@ class ReplyBuilder:
             out = self._object("", "", [])
         else:
             out = self._object("".join(self.content), "".join(self.thinking), self.tool_calls)
+            if self.server_tool_calls and "message" in out:
+                out["message"]["server_tool_calls"] = list(self.server_tool_calls.values())
         usage = finished.usage
         return {
             **out,

@@ -16,10 +16,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from kronk.errors import InvalidRequestError, UnsupportedFeatureError
 from kronk.options import SamplingOptions, sampler_kwargs
+from kronk.server.tool_params import (
+    ServerTool,
+    function_tools,
+    server_tool_entries,
+    tool_kind,
+)
 
 StopParam = str | list[str]
 TokenIds = list[Annotated[int, Field(ge=0)]]
@@ -168,6 +174,12 @@ class ChatTool(RequestModel):
     function: FunctionDefinition
 
 
+# A `tools` entry: a function, or a tool kronk runs itself (docs/tools.md).
+ChatToolEntry = Annotated[
+    Annotated[ChatTool, Tag("function-tool")] | ServerTool, Discriminator(tool_kind)
+]
+
+
 class JsonSchemaSpec(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -193,7 +205,7 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[ChatTool] | None = None
+    tools: list[ChatToolEntry] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -213,8 +225,10 @@ class ChatCompletionRequest(SamplingFields):
         """Messages as the chat template expects them, with unsupported content refused."""
         return template_messages(self.messages)
 
-    def kronk_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `Kronk.achat_stream` besides the messages."""
+    def kronk_kwargs(self, server_tools: bool = False) -> dict[str, Any]:
+        """Keyword arguments for `Kronk.achat_stream` besides the messages. With
+        `server_tools` (the request may get some), the SDK checks tool_choice against
+        every tool instead."""
         if self.functions is not None or self.function_call is not None:
             param = "functions" if self.functions is not None else "function_call"
             raise UnsupportedFeatureError(
@@ -237,16 +251,21 @@ class ChatCompletionRequest(SamplingFields):
         tools = self.tool_dicts()
         if tools is not None:
             kwargs["tools"] = tools
-        if self.tool_choice is not None and (tools or self.tool_choice not in ("auto", "none")):
+        if server_tools or self.server_tool_entries():
+            if self.tool_choice is not None:
+                kwargs["tool_choice"] = self.tool_choice
+        elif self.tool_choice is not None and (tools or self.tool_choice not in ("auto", "none")):
             kwargs["tool_choice"] = check_tool_choice(self.tool_choice, tools)
         if self.parallel_tool_calls is not None:
             kwargs["parallel_tool_calls"] = self.parallel_tool_calls
         return kwargs
 
     def tool_dicts(self) -> list[dict[str, Any]] | None:
-        if not self.tools:
-            return None
-        return [t.model_dump(exclude_none=True) for t in self.tools]
+        return function_tools(self.tools)
+
+    def server_tool_entries(self) -> list[dict[str, Any]]:
+        """The request's server tools (kronk's extension; docs/tools.md)."""
+        return server_tool_entries(self.tools)
 
 
 def response_format_dict(fmt: ResponseFormat) -> dict[str, Any]:

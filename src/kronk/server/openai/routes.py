@@ -55,6 +55,7 @@ from kronk.server.sse import (
     sse_comment,
     unless_disconnected,
 )
+from kronk.server.tools import chat_streams, may_get_tools, requested_tool_names
 from kronk.streams import AsyncEventStream
 from kronk.types import ChatCompletion, ChatCompletionChunk, Completion, CompletionUsage
 
@@ -225,15 +226,13 @@ async def _answer(
 @openai_route("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     messages = body.messages_for_template()
-    kwargs = body.kronk_kwargs()
+    kwargs = body.kronk_kwargs(may_get_tools(server_state(request).settings))
+    requested = requested_tool_names(body.server_tool_entries())
     lease = await acquire(request, body.model, "chat")
-    try:
-        streams = [
-            lease.kronk.achat_events(messages, **choice_kwargs(kwargs, i)) for i in range(body.n)
-        ]
-    except BaseException:
-        lease.release()
-        raise
+    # With server tools (docs/tools.md) each choice is a tool loop, read as one stream.
+    choices = [choice_kwargs(kwargs, i) for i in range(body.n)]
+    state = server_state(request)
+    streams = await chat_streams(request, state, lease, messages, choices, requested)
     await start_all(streams, lease)
     first = ChatCompletionBuilder(lease.model_id)
     builders = [first] + [
