@@ -34,8 +34,8 @@ from kronk.server.openai import router as openai_router
 from kronk.server.security import install_security
 from kronk.server.settings import ServerSettings
 from kronk.server.state import ServerState
-from kronk.server.tools import server_tools
 from kronk.server.telemetry import install_telemetry
+from kronk.server.tools import server_tools
 from kronk.ui import install_ui
 
 log = logging.getLogger("kronk.server")
