@@ -65,6 +65,9 @@ def test_chat_runs_web_fetch_named_in_the_request(server: LiveServer, site: Site
     assert "tool_calls" not in message  # nothing for the client to run
     assert rsp.json()["choices"][0]["finish_reason"] in ("stop", "length")
     assert site.paths[-1] == "/notes.txt"
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert 'kronk_tool_calls_total{outcome="ok",tool="web_fetch"} 1.0' in metrics
+    assert 'kronk_tool_call_seconds_count{tool="web_fetch"} 1.0' in metrics
 
 
 def test_chat_stream_shows_the_server_wide_mcp_tool(server: LiveServer) -> None:

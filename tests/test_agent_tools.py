@@ -157,7 +157,8 @@ def test_mcp_config_file(tmp_path: Path) -> None:
 def test_mcp_stdio_tools_errors_and_restart() -> None:
     config = ToolsConfig(mcp_servers=parse_mcp_servers({"fx": STDIO}), call_timeout=5.0,
                          max_output_chars=10_000)  # fmt: skip
-    registry = ToolRegistry(config)
+    observed: list[tuple[str, str, float]] = []
+    registry = ToolRegistry(config, observer=lambda *call: observed.append(call))
 
     async def run() -> dict[str, Any]:
         try:
@@ -184,6 +185,12 @@ def test_mcp_stdio_tools_errors_and_restart() -> None:
     assert out["crash"].is_error
     # The crashed server was started again for the next call.
     assert out["after"].content == vault_code("bo") and out["starts"] >= 2
+    # Metrics see each call's outcome (the server's observer is its Prometheus metrics).
+    outcomes = [(tool, outcome) for tool, outcome, _ in observed]
+    assert outcomes == [("fx__vault_lookup", "ok"), ("fx__fail", "error"),
+                        ("fx__flood", "error"), ("fx__hang", "timeout"),
+                        ("fx__crash", "error"), ("fx__vault_lookup", "ok")]  # fmt: skip
+    assert observed[3][2] >= 5.0  # the hang was held for the whole call_timeout
 
 
 def test_mcp_http_server_and_unknown_names() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from kronk.agent.config import ToolsConfig
 from kronk.agent.mcp_client import McpConnection
 from kronk.agent.result import ToolError, ToolResult, error_result
 from kronk.errors import InvalidRequestError
+from kronk.telemetry.tracing import span
 
 BUILTINS = ("web_search", "web_fetch")
 SEPARATOR = "__"
@@ -58,6 +59,10 @@ _BUILTIN_SPECS = {
 @dataclass
 class ToolRegistry:
     config: ToolsConfig = field(default_factory=ToolsConfig)
+
+    # Told of every call: (tool, outcome "ok" | "error" | "timeout", seconds); the server
+    # sets it to its metrics.
+    observer: Callable[[str, str, float], None] | None = None
 
     def __post_init__(self) -> None:
         self._servers = {n: McpConnection(c) for n, c in self.config.mcp_servers.items()}
@@ -141,8 +146,22 @@ class ToolRegistry:
         raise InvalidRequestError(f"unknown tool {name!r}", "name")
 
     async def call(self, spec: ToolSpec, arguments: str | dict[str, Any]) -> ToolResult:
-        """Run one tool within the call time limit; every failure is an error result."""
+        """Run one tool within the call time limit; every failure is an error result. A
+        span per call (tracing on) and the observer see its outcome and time."""
         started = time.perf_counter()
+        with span("kronk.tool", tool=spec.name, source=spec.source) as current:
+            result = await self._call(spec, arguments, started)
+            took = time.perf_counter() - started
+            timed_out = result.is_error and result.content.startswith(f"{spec.name} timed out")
+            outcome = "timeout" if timed_out else "error" if result.is_error else "ok"
+            current.set_attribute("kronk.outcome", outcome)
+        if self.observer is not None:
+            self.observer(spec.name, outcome, took)
+        return result
+
+    async def _call(
+        self, spec: ToolSpec, arguments: str | dict[str, Any], started: float
+    ) -> ToolResult:
         try:
             args = json.loads(arguments) if isinstance(arguments, str) else arguments
             if not isinstance(args, dict):

@@ -105,6 +105,7 @@ def install_telemetry(app: FastAPI, pool: ModelPool, metrics: Metrics | None = N
     metrics = metrics or Metrics()
     tracing.configure_tracing(tracing.otlp_traces_url())
     app.state.telemetry = ModelTelemetry(metrics, pool)
+    app.state.kronk.tools.observer = metrics.observe_tool  # server-side tool calls
     router = APIRouter()
 
     @router.get("/metrics", include_in_schema=False)

@@ -157,6 +157,21 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # Server-side tools (docs/tools.md): calls by tool and outcome (ok, error,
+        # timeout), and how long they took.
+        self.tool_calls = Counter(
+            "kronk_tool_calls",
+            "Server-side tool calls, by tool and outcome.",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.tool_latency = Histogram(
+            "kronk_tool_call_seconds",
+            "Server-side tool call latency.",
+            ["tool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self._stats_source: Callable[[], Mapping[str, EngineStats]] = dict
         self._recent_lock = threading.Lock()
         self._recent: dict[str, _Recent] = {}
@@ -173,6 +188,10 @@ class Metrics:
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_latency.labels(method, route).observe(seconds)
+
+    def observe_tool(self, tool: str, outcome: str, seconds: float) -> None:
+        self.tool_calls.labels(tool, outcome).inc()
+        self.tool_latency.labels(tool).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
