@@ -149,3 +149,31 @@ def test_server_tools_need_the_tools_grant(tiny_llama_path: Path, tmp_path: Path
         # Past the grant check: what the tiny model makes of the tool prompt is its affair
         # (its context may be too small for it: 413).
         assert post(with_tools, body).status_code in (200, 413)
+        # /mcp (kronk as an MCP server) is the tools family too.
+        mcp = httpx.post(
+            srv.base_url + "/mcp", json={}, headers={"authorization": f"Bearer {chat_only}"}
+        )
+        assert mcp.status_code == 403
+
+
+def test_kronk_is_an_mcp_server(tiny_llama_path: Path, site: Site) -> None:
+    import asyncio
+
+    from mcp.client import Client
+
+    extra = {"tool_settings": {"allow_addresses": ["127.0.0.1"]}}
+    with live_server({"tiny": tiny_llama_path}, settings_extra=extra) as srv:
+
+        async def run() -> tuple[list[str], Any, Any]:
+            async with Client(srv.base_url + "/mcp") as client:
+                names = sorted(t.name for t in (await client.list_tools()).tools)
+                ok = await client.call_tool("web_fetch", {"url": site.url("/notes.txt")})
+                refused = await client.call_tool("web_fetch", {"url": "http://10.0.0.1/"})
+                return names, ok, refused
+
+        names, ok, refused = asyncio.run(run())
+        metrics = httpx.get(srv.base_url + "/metrics").text
+    assert names == ["web_fetch", "web_search"]
+    assert not ok.is_error and ok.content[0].text == "plain notes: KELP-4471"
+    assert refused.is_error and "private" in refused.content[0].text
+    assert 'kronk_tool_calls_total{outcome="error",tool="web_fetch"} 1.0' in metrics

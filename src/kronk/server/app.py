@@ -29,6 +29,7 @@ from kronk.server.anthropic import RequestIdMiddleware
 from kronk.server.anthropic import router as anthropic_router
 from kronk.server.errors import ErrorInfo, error_info, render_for_path
 from kronk.server.manage import router as manage_router
+from kronk.server.mcp_endpoint import install_mcp
 from kronk.server.ollama import router as ollama_router
 from kronk.server.openai import router as openai_router
 from kronk.server.security import install_security
@@ -98,7 +99,8 @@ def create_app(
         if task is None:
             log.info("the OpenAI API is at %s/v1; models load on first use", settings.base_url)
         try:
-            yield
+            async with mcp_sessions:  # /mcp, kronk as an MCP server (docs/tools.md)
+                yield
         finally:
             state.begin_drain()
             if task is not None:
@@ -116,6 +118,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.kronk = state
+    mcp_sessions = install_mcp(app, state.tools, settings.host)
     app.include_router(health.router)
     app.include_router(openai_router)
     app.include_router(ollama_router)

@@ -65,6 +65,8 @@ PATH_FAMILIES: dict[str, Family] = {
     # kronk's own: the browser UI's management endpoints, and security ones to come
     "/manage": "manage",
     "/security": "manage",
+    # kronk as an MCP server: its tools act with the server's rights (tools.md)
+    "/mcp": "tools",
     # The API's own description: as readable as the model listing, no more.
     "/docs": "models",
     "/openapi.json": "models",
