@@ -444,7 +444,8 @@ def test_the_step_cost_model_recovers_what_steps_cost() -> None:
 
 def slot(rate: float, idle: int = 0) -> SlotDrafting:
     total = 20.0
-    return SlotDrafting(Acceptance(rate * total, (1 - rate) * total), idle_steps=idle)
+    acceptance = Acceptance(rate * total, (1 - rate) * total, drafted=total)
+    return SlotDrafting(acceptance, idle_steps=idle)
 
 
 def test_the_plan_drafts_long_where_drafts_are_accepted_and_not_where_rejected() -> None:

@@ -102,23 +102,41 @@ class SpeculativeConfig:
 
 
 class Acceptance:
-    """A per-token acceptance rate from recent verifications, as decayed counts: each
-    verification adds its accepted tokens and, when it stopped at a rejection, one miss
-    (the estimate of a geometric run length)."""
+    """What recent verifications kept, as decayed counts: each adds its drafted and
+    accepted tokens and, when it stopped at a rejection, one miss.
+
+    Two readings of them. `rate` is a per-token acceptance (accepted / (accepted +
+    misses), the estimate of a geometric run length): right for a draft model, whose
+    every token is a fresh guess. `share` is the accepted share of drafted tokens: right
+    for n-gram drafts, which are bursty (a copied passage is right to its end, then a
+    changed name is wrong), where a geometric model would keep drafts needlessly short.
+    """
 
     DECAY = 0.9  # a verification's weight halves after about 7 more
 
-    def __init__(self, accepted: float = 1.0, missed: float = 1.0) -> None:
+    def __init__(self, accepted: float = 1.0, missed: float = 1.0, drafted: float = 2.0) -> None:
         self.accepted = accepted
         self.missed = missed
+        self.drafted = drafted
 
     @property
     def rate(self) -> float:
         return self.accepted / (self.accepted + self.missed)
 
+    @property
+    def share(self) -> float:
+        return min(1.0, self.accepted / self.drafted) if self.drafted > 0 else 0.0
+
     def record(self, drafted: int, accepted: int) -> None:
         self.accepted = self.accepted * self.DECAY + accepted
         self.missed = self.missed * self.DECAY + (1.0 if accepted < drafted else 0.0)
+        self.drafted = self.drafted * self.DECAY + drafted
+
+    def expected(self, k: int, *, bursty: bool) -> float:
+        """Tokens a step yields on average with k drafted."""
+        if bursty:
+            return 1.0 + self.share * max(k, 0)
+        return expected_tokens(self.rate, k)
 
 
 def expected_tokens(rate: float, k: int) -> float:
@@ -243,7 +261,12 @@ def plan_drafts(
     probes: dict[int, int] = {}
     caps: dict[int, int] = {}
     for c in candidates:
-        caps[c.seq_id] = _cap(c.state.acceptance.rate, cost, limits[c.seq_id])
+        acceptance = c.state.acceptance
+        caps[c.seq_id] = (
+            _cap(acceptance.rate, cost, limits[c.seq_id])
+            if c.from_model
+            else _cap_linear(acceptance.share, cost, limits[c.seq_id])
+        )
         if (
             caps[c.seq_id] == 0
             and limits[c.seq_id] > 0
@@ -265,11 +288,21 @@ def plan_drafts(
         seconds += model_step_seconds * max(
             (ks[c.seq_id] for c in candidates if c.from_model), default=0
         )
-        gained = sum(expected_tokens(c.state.acceptance.rate, ks[c.seq_id]) for c in candidates)
+        gained = sum(
+            c.state.acceptance.expected(ks[c.seq_id], bursty=not c.from_model) for c in candidates
+        )
         rate = gained / seconds if seconds > 0 else 0.0
         if rate > best_rate * 1.001:  # ties go to the shorter draft
             best, best_rate = ks, rate
     return {s: k for s, k in best.items() if k > 0}
+
+
+def _cap_linear(share: float, cost: StepCost, limit: int) -> int:
+    """N-gram drafts: each draft token is kept with about the same chance `share`, so a
+    draft pays to its full length or not at all (compare `_cap`)."""
+    if limit <= 0 or cost.samples == 0:
+        return 0
+    return limit if share > cost.t_token / (cost.t_pass + cost.t_token) else 0
 
 
 def _cap(rate: float, cost: StepCost, limit: int) -> int:
