@@ -158,13 +158,14 @@ dist: install model ## sdist + wheel in dist/, twine check, smoke test in a fres
 # first run builds them into ~/.cache/kronk-bench); each rewrites its section of
 # bench/RESULTS.md. Run on an otherwise idle machine.
 bench: BENCH_PYTHON = KRONK_TEST_CACHE='$(KRONK_TEST_CACHE)' $(VENV_PYTHON)
-bench: install model ## all benchmarks vs llama.cpp -> bench/RESULTS.md (~30 min; not in test)
+bench: install model ## all benchmarks vs llama.cpp -> bench/RESULTS.md (~40 min; not in test)
 	$(BENCH_PYTHON) bench/bench_single_stream.py
 	$(BENCH_PYTHON) bench/bench_parallel.py
 	$(BENCH_PYTHON) bench/bench_multiturn.py
 	$(BENCH_PYTHON) bench/bench_overhead.py
 	$(BENCH_PYTHON) bench/bench_kv_cache_types.py
 	$(BENCH_PYTHON) bench/bench_server_threads.py
+	$(BENCH_PYTHON) bench/bench_speculative.py
 
 run: install ## provision the default model and serve it at http://$(KRONK_HOST):$(KRONK_PORT)/v1
 	$(BIN)/kronk model pull $(KRONK_DEFAULT_MODEL)
