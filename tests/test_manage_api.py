@@ -5,6 +5,7 @@ models with unload, and the server's own description."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,39 @@ def test_server_info_has_version_build_settings_and_links(srv: LiveServer) -> No
 def test_secrets_in_settings_are_never_echoed() -> None:
     shown = redact({"api_token": "s3cret", "port": 1, "security": {"admin_key": "k", "x": 2}})
     assert shown == {"api_token": "(set)", "port": 1, "security": {"admin_key": "(set)", "x": 2}}
+
+
+def test_running_shows_what_each_slot_is_doing(tiny_llama_path: Path, tmp_path: Path) -> None:
+    defaults = {"n_ctx": 4096, "n_seq_max": 2}
+    with (
+        live_server({"tiny": tiny_llama_path}, load_defaults=defaults, home=tmp_path) as srv,
+        srv.http() as http,
+    ):
+        body = {"model": "tiny", "prompt": "once upon a time", "max_tokens": 4000,
+                "ignore_eos": True, "stream": True, "temperature": 0}  # fmt: skip
+        seen: list[dict[str, Any]] = []
+        with http.stream("POST", "/v1/completions", json=body) as stream:
+            assert stream.status_code == 200
+            deadline = time.monotonic() + 60
+            for _ in stream.iter_lines():  # the request runs while its stream is read
+                (model,) = http.get("/manage/running").json()["models"]
+                busy = [s for s in model["slot_detail"] if s["state"] == "generating"]
+                if busy and busy[0]["generated"] > 0:
+                    seen = model["slot_detail"]
+                    break
+                assert time.monotonic() < deadline, model["slot_detail"]
+        assert seen, "no slot was seen generating"
+        states = sorted(s["state"] for s in seen)
+        assert states == ["generating", "idle"], seen
+        (gen,) = [s for s in seen if s["state"] == "generating"]
+        assert gen["total"] == gen["done"] > 0 and gen["tokens"] >= gen["total"]
+        assert 0 < gen["generated"] < 4000
+        # Closed: the slot is free again but keeps its tokens for the next prompt.
+        deadline = time.monotonic() + 30
+        while True:
+            slots = http.get("/manage/running").json()["models"][0]["slot_detail"]
+            if any(s["state"] == "cached" for s in slots):
+                break
+            assert time.monotonic() < deadline, slots
+        (kept,) = [s for s in slots if s["state"] == "cached"]
+        assert kept["tokens"] > gen["total"] and kept["generated"] == 0

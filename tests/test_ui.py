@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from kronk.server.security.keys import KeyStore
+from kronk.server.security.tokens import create_token
 from support.file_server import FileServer
 from support.live_server import LiveServer, live_server
 
@@ -179,6 +181,37 @@ def test_markdown_escapes_html_and_highlights_code(page: Page) -> None:
     assert rendered["strong"] == "bold"
     assert rendered["keywords"] == ["def", "return"]
     assert rendered["string"] == '"<b>"' and rendered["comment"] == "# note"
+
+
+def test_an_admin_creates_a_token_on_the_server_page(
+    browser: Browser, tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    store = KeyStore(tmp_path / "keys")
+    store.create()
+    admin = create_token(store, {}, duration_s=3600, admin=True)
+    with live_server({"tiny": tiny_llama_path}, home=tmp_path, auth="all") as secured:
+        context = browser.new_context(base_url=secured.base_url)
+        context.set_default_timeout(TIMEOUT_MS)
+        tab = context.new_page()
+        errors: list[str] = []
+        tab.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+        tab.goto("/ui/#/server")
+        dialog = tab.get_by_role("dialog", name="Sign in")
+        dialog.get_by_label("Token").fill(admin)
+        dialog.get_by_role("button", name="Sign in").click()
+        keys = tab.get_by_role("table", name="Signing keys")
+        expect(keys).to_contain_text(store.keys()[0].kid)
+        tab.get_by_label("Endpoints").fill("models:10/minute")
+        tab.get_by_label("Duration").fill("2h")
+        tab.get_by_role("button", name="Create token").click()
+        shown = tab.get_by_label("New token")
+        expect(shown).to_have_value(re.compile(r"^ey[\w-]+\.[\w-]+\.[\w-]+$"))
+        expect(tab.locator("#token-result")).to_contain_text("models:10/minute")
+        with secured.http() as http:
+            headers = {"authorization": f"Bearer {shown.input_value()}"}
+            assert http.get("/v1/models", headers=headers).status_code == 200
+        context.close()
+    assert errors == []
 
 
 def test_every_page_loads_without_console_errors(page: Page) -> None:

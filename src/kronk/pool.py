@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from kronk.engine.config import SlotState
 from kronk.errors import (
     ConfigError,
     EngineBusyError,
@@ -88,6 +89,7 @@ class LoadedModel:
     draft_bytes: int = 0
     draft_tokens: int = 0
     draft_accepted: int = 0
+    slot_states: list[SlotState] = field(default_factory=list)  # what each slot is doing
 
 
 @dataclass(eq=False)
@@ -529,6 +531,7 @@ class ModelPool:
                     draft_bytes=draft_bytes,
                     draft_tokens=stats.draft_tokens,
                     draft_accepted=stats.draft_accepted,
+                    slot_states=stats.slot_states,
                 )
             )
         out.sort(key=lambda m: m.last_used, reverse=True)

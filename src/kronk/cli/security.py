@@ -71,18 +71,13 @@ def key_delete(
 ) -> None:
     """Delete a signing key: every token it signed stops working at once."""
     from kronk.server.security.audit import AuditLog
-    from kronk.server.security.keys import ADMIN_TOKEN_FILE, KeyStore
+    from kronk.server.security.keys import KeyStore, forget_admin_token
 
     paths = resolve_home(home)
     if not KeyStore(paths.keys_dir).delete(kid):
         raise CommandError(f"no signing key {kid!r}", hint="kronk security key list")
     AuditLog(paths.audit_file).record("key_deleted", key_id=kid, source="cli")
-    admin = paths.keys_dir / ADMIN_TOKEN_FILE
-    try:
-        if jwt.get_unverified_header(admin.read_text().strip()).get("kid") == kid:
-            admin.unlink()  # revoked with its key; a stale copy would only mislead
-    except (OSError, jwt.PyJWTError):
-        pass
+    forget_admin_token(paths.keys_dir, kid)
     err_console.print(f"deleted signing key {kid}; the tokens it signed are revoked")
 
 

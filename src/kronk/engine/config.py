@@ -33,6 +33,19 @@ class EngineConfig:
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
 
 
+@dataclass(frozen=True)
+class SlotState:
+    """What one slot is doing: "idle" (empty KV cache), "cached" (no request, `tokens`
+    held for reuse), "prefilling" (`done` of `total` prompt tokens in the KV cache) or
+    "generating" (`generated` tokens so far)."""
+
+    state: str
+    tokens: int = 0  # tokens the slot's KV cache holds now
+    done: int = 0
+    total: int = 0
+    generated: int = 0
+
+
 @dataclass
 class EngineStats:
     slots: int
@@ -49,6 +62,7 @@ class EngineStats:
     kv_cache_bytes: int = 0  # the whole KV cache, all slots
     kv_bytes_per_token: float = 0.0
     slot_tokens: list[int] = field(default_factory=list)  # tokens each slot's KV cache holds
+    slot_states: list[SlotState] = field(default_factory=list)  # what each slot is doing
     steps: int = 0
     step_seconds: float = 0.0  # whole decode steps: Python bookkeeping + llama_decode + sampling
     decode_seconds: float = 0.0  # inside llama_decode alone

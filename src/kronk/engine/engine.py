@@ -38,7 +38,7 @@ from kronk.engine.request import (
     TextDelta,
     Usage,
 )
-from kronk.engine.slots import Active, Placement, Slot
+from kronk.engine.slots import Active, Placement, Slot, slot_state
 from kronk.engine.speculator import Speculator
 from kronk.engine.stops import StopMatcher
 from kronk.errors import (
@@ -185,6 +185,7 @@ class Engine:
             self._stats.prompt_cache_bytes = self._prompt_cache.bytes
             self._stats.prompt_cache_hits = self._prompt_cache.hits
             self._stats.slot_tokens = [len(s.tokens) for s in self._slots]
+            self._stats.slot_states = [slot_state(s) for s in self._slots]
             if self._ctx is not None:
                 self._stats.kv_cache_bytes = self._ctx.kv_cache_bytes
                 self._stats.kv_bytes_per_token = self._ctx.kv_bytes_per_token

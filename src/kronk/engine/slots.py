@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kronk.engine.config import SlotState
 from kronk.engine.detokenizer import IncrementalDecoder
 from kronk.engine.ngram import NgramIndex
 from kronk.engine.prompt_cache import PromptCache, common_prefix
@@ -49,6 +50,18 @@ class Slot:
     seq_id: int
     tokens: list[int] = field(default_factory=list)  # what this sequence's KV cache holds
     active: Active | None = None
+
+
+def slot_state(slot: Slot) -> SlotState:
+    """What `slot` is doing, read on the engine thread or under the engine's lock."""
+    a = slot.active
+    held = len(slot.tokens)
+    if a is None:
+        return SlotState("cached" if held else "idle", tokens=held)
+    total = len(a.request.prompt)
+    if a.prompt_done < total:
+        return SlotState("prefilling", tokens=held, done=a.prompt_done, total=total)
+    return SlotState("generating", tokens=held, done=total, total=total, generated=a.generated)
 
 
 @dataclass

@@ -31,11 +31,18 @@ class UnloadBody(BaseModel):
 
 
 def running_json(model: LoadedModel, live: dict[str, float], now: float) -> dict[str, Any]:
-    """A loaded model, with per-slot KV use and the seconds until the idle TTL unloads it
-    (None: in use, or kept for ever). The engine reports how many slots are busy, not
-    which, so each slot shows what its KV cache holds."""
+    """A loaded model, with each slot's KV use and state (idle, cached, prefilling with
+    done/total prompt tokens, generating with tokens so far) and the seconds until the
+    idle TTL unloads it (None: in use, or kept for ever)."""
+    states = [asdict(s) for s in model.slot_states]
     slots = [
-        {"slot": i, "tokens": tokens, "kv_bytes": kv, "fill": tokens / model.n_ctx}
+        {
+            "slot": i,
+            "tokens": tokens,
+            "kv_bytes": kv,
+            "fill": tokens / model.n_ctx,
+            **(states[i] if i < len(states) else {"state": "cached" if tokens else "idle"}),
+        }
         for i, (tokens, kv) in enumerate(zip(model.slot_tokens, model.slot_kv_bytes, strict=False))
         if model.n_ctx
     ]

@@ -127,6 +127,19 @@ class KeyStore:
             return key
 
 
+def forget_admin_token(folder: Path, kid: str) -> None:
+    """Remove `<folder>/admin.token` when `kid` signed it: revoked with its key, a stale
+    copy would only mislead."""
+    import jwt
+
+    admin = folder / ADMIN_TOKEN_FILE
+    try:
+        if jwt.get_unverified_header(admin.read_text().strip()).get("kid") == kid:
+            admin.unlink()
+    except (OSError, jwt.PyJWTError):
+        pass
+
+
 def _load_private(path: Path) -> Ed25519PrivateKey:
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
@@ -139,5 +152,6 @@ __all__ = [
     "KeyInfo",
     "KeyStore",
     "ensure_private_folder",
+    "forget_admin_token",
     "write_secret",
 ]

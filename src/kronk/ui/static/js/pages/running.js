@@ -32,12 +32,22 @@ function stat(label, value) {
   return h("div", { class: "stat" }, h("span", { class: "muted" }, label), h("strong", {}, value));
 }
 
+// What a slot is doing, from the engine's per-slot state.
+export function slotDoing(s) {
+  if (s.state === "prefilling") return `prefilling ${s.done}/${s.total} prompt tokens`;
+  if (s.state === "generating") return `generating (${s.generated} tokens so far)`;
+  if (s.state === "cached") return `idle, holding ${s.tokens} tokens`;
+  return "idle";
+}
+
 function card(m) {
   const countdown = m.status !== "ready" ? `loading ${Math.round(m.progress * 100)}%`
     : m.unload_in === null ? (m.leases ? "in use" : "kept loaded") : `unloads in ${formatSeconds(m.unload_in)}`;
   const slots = h("ol", { class: "slots", "aria-label": `Slots of ${m.id}` }, ...m.slot_detail.map((s) =>
-    h("li", {}, h("meter", { min: 0, max: 1, value: s.fill, "aria-label": `slot ${s.slot} context use` }),
-      ` slot ${s.slot}: ${s.tokens} tokens cached (${formatBytes(s.kv_bytes)})`)));
+    h("li", { dataset: { state: s.state } },
+      h("meter", { min: 0, max: 1, value: s.fill, "aria-label": `slot ${s.slot} context use` }),
+      ` slot ${s.slot}: `, h("strong", { class: `slot-state` }, slotDoing(s)),
+      ` · ${s.tokens} tokens in KV (${formatBytes(s.kv_bytes)})`)));
   const unload = h("button", { class: "secondary", "aria-label": `Unload ${m.id}`, onclick: async () => {
     try { await post("/manage/unload", { model: m.id }); toast(`unloaded ${m.id}`); }
     catch (err) { toast(err.message, "error"); }

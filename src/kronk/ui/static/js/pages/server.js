@@ -1,6 +1,7 @@
 // Server: version, llama.cpp build and backends, settings in effect, links; sign-in.
 import { get, getToken, setToken } from "../api.js";
 import { h } from "../dom.js";
+import { keysSection } from "./keys.js";
 
 function table(label, rows) {
   return h("table", { class: "kv", "aria-label": label }, h("tbody", {}, ...rows.map(([k, v]) =>
@@ -28,6 +29,7 @@ export async function render(main) {
         " ",
         h("button", { class: "secondary", onclick: () => { setToken(null); location.reload(); } }, "Sign out"))
         : h("p", {}, "Security is off: every request is allowed.")),
+    auth && getToken() ? keysSection() : null,
     h("section", { "aria-label": "Settings in effect" }, h("h2", {}, "Settings in effect"),
       table("Settings", Object.entries(info.settings))),
   );
