@@ -20,15 +20,10 @@ import pytest
 
 from kronk.models.resolver import ResolvedModel
 from support.live_server import LiveServer, live_server
+from support.tiny_gguf import THINKING_TEMPLATE
 
 N_CTX = 1024
 USER = [{"role": "user", "content": "hello"}]
-THINKING_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    "<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
-    "{% else %}<think>\n{% endif %}"
-)
 TOOL = {
     "name": "lookup",
     "description": "Look a word up",

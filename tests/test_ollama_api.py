@@ -22,21 +22,12 @@ from kronk.models.resolver import ResolvedModel
 from kronk.models.store import ModelStore
 from support.file_server import FileServer
 from support.live_server import LiveServer, live_server
-from support.tiny_gguf import CHATML
+from support.tiny_gguf import CHATML, THINKING_TEMPLATE
 
 N_CTX = 256
 USER = [{"role": "user", "content": "hello"}]
 IGNORE = {"ignore_eos": True, "temperature": 0}
 FOUR = {"num_predict": 4, **IGNORE}
-
-# A reasoning model's template (Qwen3 style): the answer opens a think block, and
-# `enable_thinking=False` renders it closed and empty instead.
-THINKING_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    "<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
-    "{% else %}<think>\n{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")

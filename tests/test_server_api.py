@@ -20,19 +20,10 @@ import pytest
 
 from kronk.models.resolver import ResolvedModel
 from support.live_server import LiveServer, live_server
-from support.tiny_gguf import write_not_gguf
+from support.tiny_gguf import THINKING_TEMPLATE, write_not_gguf
 
 N_CTX = 256
 USER = [{"role": "user", "content": "hello"}]
-
-# A reasoning model's template in the style of Qwen3 and DeepSeek-R1: the answer opens
-# with a think block, and `enable_thinking=False` renders it closed and empty instead.
-THINKING_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    "<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n"
-    "{% else %}<think>\n{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")

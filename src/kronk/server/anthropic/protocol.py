@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kronk.errors import InvalidRequestError, UnsupportedFeatureError
 from kronk.options import SAMPLER_FIELDS
-from kronk.server.openai.protocol import check_body
+from kronk.server.body import check_body
 
 
 class Lenient(BaseModel):

@@ -24,7 +24,7 @@ from kronk.errors import InvalidRequestError, ModelNotFoundError, UnsupportedFea
 from kronk.models.resolver import ResolvedModel
 from kronk.options import SAMPLER_FIELDS, SamplingOptions, parse_options
 from kronk.pool import ModelPool
-from kronk.server.openai.protocol import check_body
+from kronk.server.body import check_body
 from kronk.server.tool_params import (
     ServerTool,
     function_tools,

@@ -13,13 +13,13 @@ and turn it into keyword arguments for `kronk.Kronk`.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from kronk.errors import InvalidRequestError, UnsupportedFeatureError
 from kronk.options import SamplingOptions, sampler_kwargs
+from kronk.server.body import check_body
 from kronk.server.tool_params import (
     ServerTool,
     function_tools,
@@ -38,12 +38,6 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-# JSON nesting a request may have. Real ones stay far below (a deep tool schema is a
-# dozen levels); deeper input would only exhaust the recursion of the code that walks it
-# (template rendering, schema-to-grammar conversion).
-MAX_DEPTH = 64
-
-
 class RequestBody(RequestModel):
     """A whole request body, checked as a whole before its fields are: its nesting is
     bounded, and its text must be valid Unicode (JSON can spell a lone surrogate,
@@ -55,39 +49,6 @@ class RequestBody(RequestModel):
     def _well_formed(cls, data: Any) -> Any:
         check_body(data)
         return data
-
-
-def check_body(body: Any) -> None:
-    """Raise InvalidRequestError naming the first place in `body` nested deeper than
-    MAX_DEPTH or holding text that is not valid Unicode. (Raised inside a validator, it
-    passes through pydantic as is: it is not a ValueError.)"""
-    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
-    while stack:
-        value, where, depth = stack.pop()
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                code = ord(value[exc.start])
-                raise InvalidRequestError(
-                    f"{where or 'the request'} holds a lone surrogate (\\u{code:04x}); "
-                    "send valid Unicode text",
-                    where or None,
-                ) from None
-            continue
-        if not isinstance(value, dict | list):
-            continue
-        if depth >= MAX_DEPTH:
-            field = re.split(r"[.\[]", where, maxsplit=1)[0]
-            raise InvalidRequestError(f"{field} is nested more than {MAX_DEPTH} levels deep", field)
-        children: list[tuple[Any, str, int]] = []
-        if isinstance(value, dict):
-            for key, item in value.items():
-                children.append((key, where, depth))
-                children.append((item, f"{where}.{key}" if where else str(key), depth + 1))
-        else:
-            children.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
-        stack.extend(reversed(children))  # popped in document order
 
 
 class SamplingFields(RequestBody, SamplingOptions):
