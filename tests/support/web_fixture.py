@@ -1,5 +1,7 @@
-"""A web site on loopback for web_fetch, and a search engine speaking SearXNG's JSON
-API, with what each request asked logged so tests assert what went over the wire."""
+"""A web site on loopback for web_fetch, and search engines speaking SearXNG's JSON API
+(`/search`) and the Brave Search API (`/brave/res/v1/web/search`, key `BRAVE_KEY` in
+X-Subscription-Token), with what each request asked logged so tests assert what went
+over the wire."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ PAGE = """<html><head><title>Kronk fixture</title><style>body{color:red}</style>
 <script>var hidden = "SCRIPT-TEXT";</script></head>
 <body><h1>Harbour report</h1><p>The tide code today is <b>TIDE-93172-QX</b>.</p>
 <ul><li>first</li><li>second</li></ul></body></html>"""
+BRAVE_KEY = "brave-fixture-key-7731"
+BRAVE_PATH = "/brave/res/v1/web/search"
 
 
 @dataclass
@@ -25,6 +29,13 @@ class Site:
     # /slow: `arrived` is set when a request comes, and the answer waits for `release`.
     arrived: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    # /hold: `held` is set when a request comes; the handler then reads the connection
+    # until the client closes it, and sets `hold_closed` (proof the fetch was dropped).
+    held: threading.Event = field(default_factory=threading.Event)
+    hold_closed: threading.Event = field(default_factory=threading.Event)
+    # Brave: the X-Subscription-Token and `count` of each search request.
+    brave_keys: list[str] = field(default_factory=list)
+    brave_counts: list[str] = field(default_factory=list)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -69,6 +80,20 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
                 site.arrived.set()
                 site.release.wait(30)  # bounded, so a failing test still ends
                 self._send(200, b"late", "text/plain")
+            elif url.path == "/hold":
+                site.held.set()
+                self.connection.settimeout(60)  # bounded, so a failing test still ends
+                try:
+                    closed = self.connection.recv(1) == b""  # EOF: the client went away
+                except OSError:
+                    closed = False
+                if closed:
+                    site.hold_closed.set()
+                    self.close_connection = True
+                    return
+                self._send(200, b"held", "text/plain")
+            elif url.path.startswith("/brave"):
+                self._brave(url.path, parse_qs(url.query))
             elif url.path == "/search":
                 query = parse_qs(url.query).get("q", [""])[0]
                 site.queries.append(query)
@@ -85,6 +110,55 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
                 self._send(200, json.dumps(body).encode(), "application/json")
             else:
                 self._send(404, b"not found", "text/plain")
+
+        def _brave(self, path: str, params: dict[str, list[str]]) -> None:
+            key = self.headers.get("X-Subscription-Token", "")
+            site.brave_keys.append(key)
+            if path == "/brave-garbled" + BRAVE_PATH[6:]:
+                self._send(200, b"<html>upstream proxy error</html>", "application/json")
+                return
+            if path == "/brave-misshapen" + BRAVE_PATH[6:]:
+                body = {"type": "search", "web": {"type": "search", "results": "none"}}
+                self._send(200, json.dumps(body).encode(), "application/json")
+                return
+            if path != BRAVE_PATH:
+                self._send(404, b"not found", "text/plain")
+                return
+            if key != BRAVE_KEY:  # Brave's own error shape
+                error = {
+                    "type": "ErrorResponse",
+                    "error": {
+                        "id": "c0ffee00-0000-4000-8000-000000000000",
+                        "status": 401,
+                        "code": "SUBSCRIPTION_TOKEN_INVALID",
+                        "detail": "The provided subscription token is invalid.",
+                        "meta": {"component": "authentication"},
+                    },
+                    "time": 1700000000,
+                }
+                self._send(401, json.dumps(error).encode(), "application/json")
+                return
+            query = params.get("q", [""])[0]
+            site.queries.append(query)
+            site.brave_counts.append(params.get("count", [""])[0])
+            results = [
+                {
+                    "type": "search_result",
+                    "title": f"Brave {i} for {query}",
+                    "url": site.url(f"/b{i}"),
+                    "description": f"BRAVE-{i}-LICHEN on {query}",
+                    "is_source_local": False,
+                    "family_friendly": True,
+                }
+                for i in range(1, 4)
+            ]
+            body = {
+                "type": "search",
+                "query": {"original": query, "show_strict_warning": False},
+                "mixed": {"type": "mixed", "main": [{"type": "web", "index": 0, "all": True}]},
+                "web": {"type": "search", "results": results, "family_friendly": True},
+            }
+            self._send(200, json.dumps(body).encode(), "application/json")
 
     return Handler
 
