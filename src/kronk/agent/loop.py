@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from kronk.agent.config import ToolsConfig
@@ -40,6 +40,9 @@ from kronk.streams import AsyncEventStream
 
 # Starts one turn: (messages, keyword arguments of `Kronk.achat_events`) -> its stream.
 StartTurn = Callable[[list[dict[str, Any]], dict[str, Any]], AsyncEventStream]
+# Runs one server tool call: (spec, JSON arguments) -> its result; `ToolRegistry.call`
+# unless a protocol adds per-request rules (Anthropic's max_uses, domain filters).
+CallTool = Callable[[ToolSpec, str], Awaitable[ToolResult]]
 
 
 def merge_tools(
@@ -91,6 +94,7 @@ class ToolLoop(AsyncEventStream):
         registry: ToolRegistry,
         server_tools: Sequence[ToolSpec],
         config: ToolsConfig | None = None,
+        call_tool: CallTool | None = None,
     ) -> None:
         # The base class's state is not used: each turn has its own stream.
         self._start_turn = start_turn
@@ -98,6 +102,7 @@ class ToolLoop(AsyncEventStream):
         self._kwargs = dict(kwargs)
         self._client_tools = kwargs.get("tools")
         self._registry = registry
+        self._call_tool = call_tool or registry.call
         self._specs = {s.name: s for s in server_tools}
         self._config = config or registry.config
         self._kwargs["tools"] = merge_tools(self._client_tools, server_tools)
@@ -264,7 +269,7 @@ class ToolLoop(AsyncEventStream):
 
         async def one(call: ServerToolCall) -> ToolResult:
             async with limit:
-                return await self._registry.call(self._specs[call.name], call.arguments)
+                return await self._call_tool(self._specs[call.name], call.arguments)
 
         tasks = [asyncio.ensure_future(one(c)) for c in calls]
         remaining = max(0.0, self._deadline - time.monotonic())
@@ -283,4 +288,4 @@ class ToolLoop(AsyncEventStream):
         return out
 
 
-__all__ = ["StartTurn", "ToolLoop", "merge_tools"]
+__all__ = ["CallTool", "StartTurn", "ToolLoop", "merge_tools"]
