@@ -55,6 +55,11 @@ class ToolsConfig:
     max_rounds: int = 8
     total_timeout: float = 300.0
     max_concurrent_calls: int = 4
+    # MCP servers a request names by URL (Responses' `server_url`, Anthropic's
+    # `mcp_servers`): refused unless allowed, and then only under these URL prefixes
+    # (none: any URL); their addresses are checked as web_fetch's are.
+    allow_remote_mcp: bool = False
+    remote_mcp_urls: tuple[str, ...] = ()
     mcp_servers: dict[str, McpServerConfig] = field(default_factory=dict)
 
     def allowed_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -88,7 +93,7 @@ def tools_config(
             key = str(raw).replace("-", "_")
             if key not in known:
                 raise InvalidRequestError(f"unknown tools setting {raw!r} (known: {sorted(known)})")
-            values[key] = tuple(value) if key == "allow_addresses" else value
+            values[key] = tuple(value) if key in ("allow_addresses", "remote_mcp_urls") else value
     servers = parse_mcp_servers(mcp_servers) if mcp_servers is not None else {}
     if mcp_file is not None:
         servers.update(load_mcp_config(mcp_file))

@@ -22,6 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from kronk.agent.config import McpServerConfig
+from kronk.agent.netguard import Network, guarded_transport2
 from kronk.agent.result import ToolError, ToolResult
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,12 @@ STARTUP_TIMEOUT = 30.0
 
 
 class McpConnection:
-    def __init__(self, config: McpServerConfig) -> None:
+    """One server's connection. `guard` (the allowed networks) makes every connection to
+    an HTTP server pass web_fetch's address check: for servers a request names by URL."""
+
+    def __init__(self, config: McpServerConfig, guard: list[Network] | None = None) -> None:
         self.config = config
+        self._guard = guard
         self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -50,7 +55,14 @@ class McpConnection:
             )
             return stdio_client(params)
         assert c.url is not None
-        http = httpx2.AsyncClient(headers=c.headers, timeout=httpx2.Timeout(30.0, read=300.0))
+        timeout = httpx2.Timeout(30.0, read=300.0)
+        if self._guard is not None:
+            guarded = guarded_transport2(self._guard)
+            http = httpx2.AsyncClient(
+                headers=c.headers, timeout=timeout, transport=guarded, trust_env=False
+            )
+        else:
+            http = httpx2.AsyncClient(headers=c.headers, timeout=timeout)
         return streamable_http_client(c.url, http_client=http)
 
     async def _own(self, ready: asyncio.Future[Client]) -> None:
@@ -85,7 +97,7 @@ class McpConnection:
                 await self._stop_task()
                 if isinstance(exc, Exception):
                     raise ToolError(
-                        f"MCP server {self.config.name!r} did not start: {exc}"
+                        f"MCP server {self.config.name!r} did not start: {_reason(exc)}"
                     ) from exc
                 raise
 
@@ -135,6 +147,13 @@ class McpConnection:
     async def aclose(self) -> None:
         self._tools = None
         await self._stop_task()
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, out of the task groups the SDK wraps it in."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
 
 
 def _result(result: mcp_types.CallToolResult) -> ToolResult:

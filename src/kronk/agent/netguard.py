@@ -12,7 +12,9 @@ from collections.abc import Iterable
 
 import anyio
 import httpcore
+import httpcore2
 import httpx
+import httpx2
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -49,6 +51,21 @@ def refusal(address: IPAddress, allowed: Iterable[Network]) -> str | None:
     return None
 
 
+async def checked_address(host: str, port: int, allowed: Iterable[Network]) -> str:
+    """The address to connect to for `host`, once every address it resolves to passed."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+    if not addresses:
+        raise AddressRefused(f"{host} did not resolve")
+    # Every address the name has must pass: else a name with one public and one
+    # private address would be a way in.
+    for address in addresses:
+        reason = refusal(address, allowed)
+        if reason is not None:
+            raise AddressRefused(f"refused to connect to {host}: {reason}")
+    return str(addresses[0])
+
+
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend, resolving and checking every address before connecting."""
 
@@ -64,19 +81,8 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-        if not addresses:
-            raise AddressRefused(f"{host} did not resolve")
-        # Every address the name has must pass: else a name with one public and one
-        # private address would be a way in.
-        for address in addresses:
-            reason = refusal(address, self._allowed)
-            if reason is not None:
-                raise AddressRefused(f"refused to connect to {host}: {reason}")
-        return await self._inner.connect_tcp(
-            str(addresses[0]), port, timeout, local_address, socket_options
-        )
+        address = await checked_address(host, port, self._allowed)
+        return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
 
     async def connect_unix_socket(
         self,
@@ -140,4 +146,55 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         await self._pool.aclose()
 
 
-__all__ = ["METADATA", "AddressRefused", "GuardedBackend", "GuardedTransport", "refusal"]
+class GuardedBackend2(httpcore2.AsyncNetworkBackend):
+    """`GuardedBackend` for httpcore2, under the httpx2 client the mcp SDK speaks HTTP
+    with (remote MCP servers a request names)."""
+
+    def __init__(self, allowed: Iterable[Network]) -> None:
+        self._allowed = list(allowed)
+        self._inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        address = await checked_address(host, port, self._allowed)
+        return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: typing.Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        raise AddressRefused("unix sockets are not reached")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def guarded_transport2(allowed: Iterable[Network]) -> httpx2.AsyncHTTPTransport:
+    """An httpx2 transport whose every connection passes the address check (no proxy)."""
+    transport = httpx2.AsyncHTTPTransport(trust_env=False)
+    # httpx2's transport takes no network backend: its pool is replaced by one that has it.
+    transport._pool = httpcore2.AsyncConnectionPool(
+        ssl_context=httpx2.create_ssl_context(trust_env=False),
+        network_backend=GuardedBackend2(allowed),
+    )
+    return transport
+
+
+__all__ = [
+    "METADATA",
+    "AddressRefused",
+    "GuardedBackend",
+    "GuardedBackend2",
+    "GuardedTransport",
+    "checked_address",
+    "guarded_transport2",
+    "refusal",
+]

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kronk.agent import web
-from kronk.agent.config import ToolsConfig
+from kronk.agent.config import McpServerConfig, ToolsConfig
 from kronk.agent.mcp_client import McpConnection
 from kronk.agent.result import ToolError, ToolResult, error_result
 from kronk.errors import InvalidRequestError
@@ -24,6 +25,7 @@ from kronk.telemetry.tracing import span
 
 BUILTINS = ("web_search", "web_fetch")
 SEPARATOR = "__"
+REMOTE_CONNECTIONS = 16  # connections to servers requests named by URL, kept for reuse
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class ToolSpec:
     input_schema: dict[str, Any]
     source: str  # "builtin" or "mcp:SERVER"
     remote_name: str = ""  # the tool's own name on its MCP server
+    # A server the request named by URL (not one of the configured ones); its headers
+    # may hold credentials, so it stays out of the repr.
+    remote: McpServerConfig | None = field(default=None, repr=False, compare=False)
 
     @property
     def server(self) -> str | None:
@@ -66,6 +71,7 @@ class ToolRegistry:
 
     def __post_init__(self) -> None:
         self._servers = {n: McpConnection(c) for n, c in self.config.mcp_servers.items()}
+        self._remote: OrderedDict[tuple[str, ...], McpConnection] = OrderedDict()
 
     @property
     def server_names(self) -> list[str]:
@@ -82,25 +88,85 @@ class ToolRegistry:
         self, server: str, allowed: Sequence[str] | None = None
     ) -> list[ToolSpec]:
         """The tools of one configured MCP server (starting it), optionally only some."""
-        conn = self.connection(server)
+        return await self._list(self.connection(server), server, allowed, None)
+
+    async def remote_tools(
+        self,
+        label: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        allowed: Sequence[str] | None = None,
+    ) -> list[ToolSpec]:
+        """The tools of a streamable HTTP MCP server a request names by URL, under
+        `label`: only where the settings allow remote servers (and the URL's prefix),
+        reached through web_fetch's address check. Connections are kept for reuse, keyed
+        by label, URL and headers, the least recently used closed past a bound."""
+        self._check_remote(label, url)
+        config = McpServerConfig(name=label, url=url, headers=dict(headers or {}))
+        return await self._list(await self._remote_connection(config), label, allowed, config)
+
+    def _check_remote(self, label: str, url: str) -> None:
+        if not self.config.allow_remote_mcp:
+            raise InvalidRequestError(
+                "MCP servers named by URL are not allowed on this server (the "
+                "tools.allow_remote_mcp setting); name a configured server by its label",
+                "tools",
+            )
+        if not label or SEPARATOR in label or "/" in label:
+            raise InvalidRequestError(f"bad MCP server label {label!r} (no '__' or '/')", "tools")
+        if label in self._servers:
+            raise InvalidRequestError(
+                f"MCP server label {label!r} is a configured server's: give another label "
+                "with a URL, or leave the URL out",
+                "tools",
+            )
+        if not url.startswith(("http://", "https://")):
+            raise InvalidRequestError(f"MCP server URL {url!r} must be http(s)", "tools")
+        prefixes = self.config.remote_mcp_urls
+        if prefixes and not url.startswith(prefixes):
+            raise InvalidRequestError(
+                f"MCP server URL {url!r} is not under an allowed prefix (tools.remote_mcp_urls)",
+                "tools",
+            )
+
+    async def _remote_connection(self, config: McpServerConfig) -> McpConnection:
+        assert config.url is not None
+        key = (config.name, config.url, *sorted(f"{k}:{v}" for k, v in config.headers.items()))
+        conn = self._remote.get(key)
+        if conn is None:
+            conn = McpConnection(config, guard=self.config.allowed_networks())
+            self._remote[key] = conn
+        self._remote.move_to_end(key)
+        while len(self._remote) > REMOTE_CONNECTIONS:
+            _, oldest = self._remote.popitem(last=False)
+            await oldest.aclose()
+        return conn
+
+    async def _list(
+        self,
+        conn: McpConnection,
+        server: str,
+        allowed: Sequence[str] | None,
+        remote: McpServerConfig | None,
+    ) -> list[ToolSpec]:
         try:
             tools = await asyncio.wait_for(conn.list_tools(), self.config.call_timeout)
         except (ToolError, TimeoutError) as exc:
             raise InvalidRequestError(
                 f"MCP server {server!r} is unavailable: {exc or 'it did not answer'}", "tools"
             ) from exc
-        specs = [
+        return [
             ToolSpec(
                 f"{server}{SEPARATOR}{t.name}",
                 t.description or "",
                 dict(t.input_schema),
                 f"mcp:{server}",
                 t.name,
+                remote,
             )
             for t in tools
             if allowed is None or t.name in allowed
         ]
-        return specs
 
     async def resolve(self, names: Sequence[str]) -> list[ToolSpec]:
         """Tool specs for `web_search`, `web_fetch`, `mcp:SERVER` (all its tools) and
@@ -194,11 +260,16 @@ class ToolRegistry:
         server = spec.server
         if server is None:
             raise ToolError(f"no tool {spec.name!r}")
-        return await self.connection(server).call(spec.remote_name, args)
+        if spec.remote is not None:
+            conn = await self._remote_connection(spec.remote)
+        else:
+            conn = self.connection(server)
+        return await conn.call(spec.remote_name, args)
 
     async def aclose(self) -> None:
         """Stop every MCP server (with the kronk server)."""
-        await asyncio.gather(*(c.aclose() for c in self._servers.values()))
+        remote, self._remote = list(self._remote.values()), OrderedDict()
+        await asyncio.gather(*(c.aclose() for c in [*self._servers.values(), *remote]))
 
 
 __all__ = ["BUILTINS", "ToolRegistry", "ToolSpec"]

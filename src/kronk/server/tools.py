@@ -5,7 +5,7 @@ the tool loop in place of a single turn."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -76,6 +76,16 @@ def requested_tool_names(entries: Sequence[dict[str, Any]]) -> list[str]:
     return names
 
 
+def unique_tools(specs: Sequence[ToolSpec]) -> list[ToolSpec]:
+    """`specs` without repeats; two different tools under one name are a 400."""
+    out: dict[str, ToolSpec] = {}
+    for spec in specs:
+        seen = out.setdefault(spec.name, spec)
+        if seen.source != spec.source or seen.remote != spec.remote:
+            raise InvalidRequestError(f"two server tools are called {spec.name!r}", "tools")
+    return list(out.values())
+
+
 async def tools_for(
     request: Request, state: ServerState, model_id: str, requested: Sequence[str]
 ) -> list[ToolSpec]:
@@ -89,6 +99,23 @@ async def tools_for(
     return await state.tools.resolve(list(dict.fromkeys(names)))
 
 
+async def remote_mcp_tools(
+    request: Request,
+    state: ServerState,
+    label: str,
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    allowed_tools: Sequence[str] | None = None,
+) -> list[ToolSpec]:
+    """The tools of an MCP server the request names by URL (Responses' `server_url`,
+    Anthropic's `mcp_servers`), under `label` (the model sees `LABEL__TOOL`): a 400
+    unless the settings allow remote servers (`tools.allow_remote_mcp`, and the URL
+    under `tools.remote_mcp_urls`) and the server answers; needs the `tools` grant.
+    Pass the result to `chat_streams(..., extra=...)`."""
+    require_grant(request, "tools")
+    return await state.tools.remote_tools(label, url, headers, allowed_tools)
+
+
 async def chat_streams(
     request: Request,
     state: ServerState,
@@ -96,11 +123,15 @@ async def chat_streams(
     messages: list[dict[str, Any]],
     kwargs_list: Sequence[dict[str, Any]],
     requested: Sequence[str],
+    *,
+    extra: Sequence[ToolSpec] = (),
 ) -> list[Any]:
     """One event stream per choice: plain turns, or tool loops when the request gets
-    server tools. On failure the lease is given back."""
+    server tools (those named, and `extra` ones resolved already, such as
+    `remote_mcp_tools`'). On failure the lease is given back."""
     try:
         specs = await tools_for(request, state, lease.model_id, requested)
+        specs = unique_tools([*specs, *extra])
         kronk = lease.kronk
         if not specs:
             return [kronk.achat_events(messages, **kw) for kw in kwargs_list]
@@ -117,7 +148,9 @@ __all__ = [
     "SERVER_TOOL_TYPES",
     "chat_streams",
     "may_get_tools",
+    "remote_mcp_tools",
     "requested_tool_names",
     "server_tools",
     "tools_for",
+    "unique_tools",
 ]
