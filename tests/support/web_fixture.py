@@ -66,6 +66,14 @@ def _handler(site: Site) -> type[BaseHTTPRequestHandler]:
                 self._send(200, b"y" * 300_000, "text/plain")
             elif url.path == "/blob.bin":
                 self._send(200, b"\x00\x01\x02", "application/octet-stream")
+            elif url.path == "/as":  # any content type: /as?type=image/png (empty: none)
+                ctype = parse_qs(url.query).get("type", [""])[0]
+                self.send_response(200)
+                if ctype:
+                    self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", "4")
+                self.end_headers()
+                self.wfile.write(b"\x89PNG")
             elif url.path == "/missing":
                 self._send(404, b"no", "text/plain")
             elif url.path == "/hop":

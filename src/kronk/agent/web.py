@@ -53,7 +53,10 @@ async def web_fetch(config: ToolsConfig, url: str) -> ToolResult:
     timeout = httpx.Timeout(config.fetch_timeout)
     async with httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False) as client:
         for _ in range(config.fetch_max_redirects + 1):
-            scheme = httpx.URL(url).scheme
+            try:
+                scheme = httpx.URL(url).scheme
+            except httpx.InvalidURL as exc:
+                raise ToolError(f"{url!r} is not a valid URL: {exc}") from exc
             if scheme not in ("http", "https"):
                 raise ToolError(f"web_fetch fetches http and https URLs only, not {scheme!r}")
             try:
@@ -133,16 +136,9 @@ async def _searxng(
     rsp = await client.get(
         urljoin(url.rstrip("/") + "/", "search"), params={"q": query, "format": "json"}
     )
-    rsp.raise_for_status()
-    items = rsp.json()["results"]
-    return [
-        {
-            "title": str(i.get("title", "")),
-            "url": str(i["url"]),
-            "snippet": str(i.get("content", "")),
-        }
-        for i in items[:limit]
-    ]
+    body = _json(rsp, "searxng")
+    items = body.get("results") if isinstance(body, dict) else None
+    return _results(items, "content", limit)
 
 
 async def _brave(
@@ -153,14 +149,41 @@ async def _brave(
     endpoint = url or "https://api.search.brave.com/res/v1/web/search"
     headers = {"X-Subscription-Token": key, "Accept": "application/json"}
     rsp = await client.get(endpoint, params={"q": query, "count": limit}, headers=headers)
-    rsp.raise_for_status()
-    items = rsp.json().get("web", {}).get("results", [])
+    body = _json(rsp, "brave")
+    if not isinstance(body, dict):
+        raise ValueError("the answer is not a JSON object")
+    web = body.get("web") or {}  # no `web` section: no web results
+    return _results(web.get("results", []) if isinstance(web, dict) else None, "description", limit)
+
+
+def _json(rsp: httpx.Response, kind: str) -> Any:
+    """The backend's JSON body; a failed status is a ToolError with the backend's reason
+    (Brave's `{"error": {"detail": ...}}`), naming a refused key as such."""
+    if rsp.status_code < 400:
+        return rsp.json()
+    detail = ""
+    try:
+        error = rsp.json().get("error")
+        if isinstance(error, dict):
+            detail = str(error.get("detail") or error.get("code") or "")
+    except (ValueError, AttributeError):
+        pass
+    what = (
+        f"the {kind} search refused the key (HTTP {rsp.status_code})"
+        if rsp.status_code in (401, 403)
+        else f"the {kind} search answered HTTP {rsp.status_code}"
+    )
+    raise ToolError(f"{what}: {detail}" if detail else what)
+
+
+def _results(items: Any, snippet: str, limit: int) -> list[dict[str, str]]:
+    """Title, URL and snippet of each result (`snippet` is the backend's field for it)."""
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("url"), str) for i in items
+    ):
+        raise ValueError("its results are not a list of objects with a url")
     return [
-        {
-            "title": str(i.get("title", "")),
-            "url": str(i["url"]),
-            "snippet": str(i.get("description", "")),
-        }
+        {"title": str(i.get("title", "")), "url": i["url"], "snippet": str(i.get(snippet, ""))}
         for i in items[:limit]
     ]
 
