@@ -87,12 +87,20 @@ def unique_tools(specs: Sequence[ToolSpec]) -> list[ToolSpec]:
 
 
 async def tools_for(
-    request: Request, state: ServerState, model_id: str, requested: Sequence[str]
+    request: Request,
+    state: ServerState,
+    model_id: str,
+    requested: Sequence[str],
+    *,
+    configured: bool = True,
 ) -> list[ToolSpec]:
-    """The server tools this request gets; with any, the caller needs the `tools` grant."""
+    """The server tools this request gets; with any, the caller needs the `tools` grant.
+    `configured=False` leaves out the server's and the model's `tools` (for Anthropic's
+    requests, which name their server tools themselves)."""
     settings = state.settings
     model = settings.models.get(model_id)
-    names = [*settings.tools, *(model.tools or () if model else ()), *requested]
+    offered = [*settings.tools, *(model.tools or () if model else ())] if configured else []
+    names = [*offered, *requested]
     if not names:
         return []
     require_grant(request, "tools")
