@@ -113,6 +113,8 @@ def sum_usage(usages: Sequence[CompletionUsage], *, same_prompt: bool) -> Comple
         total.completion_tokens_details.reasoning_tokens += (
             u.completion_tokens_details.reasoning_tokens
         )
+        total.draft_tokens += u.draft_tokens  # each choice drafted for itself
+        total.draft_accepted += u.draft_accepted
     total.total_tokens = total.prompt_tokens + total.completion_tokens
     return total
 
