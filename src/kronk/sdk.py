@@ -21,18 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from kronk.chat.template import ChatTemplate
+from kronk.chat.request import ChatPreparer, Messages, Tools
 from kronk.chat.tools import (
-    OUTPUT_MARKERS,
-    Reasoning,
-    ToolCallParser,
-    ToolChoice,
-    ToolFormat,
-    ToolSpec,
-    detect_tool_format,
-    tool_call_grammar,
-    tools_system_prompt,
-    validate_tool_choice,
     validate_tools,
 )
 from kronk.chat.turn import ChatTurn, TextTurn
@@ -41,11 +31,9 @@ from kronk.engine.request import GenerationRequest
 from kronk.engine.speculative import SpeculativeConfig
 from kronk.errors import EngineClosedError, InvalidRequestError, UnsupportedFeatureError
 from kronk.llama import (
-    JSON_OBJECT_SCHEMA,
     LlamaModel,
     ModelParams,
     SamplingParams,
-    json_schema_to_grammar,
 )
 from kronk.llama.model import LoadProgress
 from kronk.openai_objects import ChatCompletionBuilder, CompletionBuilder
@@ -58,7 +46,7 @@ from kronk.streams import (
     CompletionStream,
     EventStream,
 )
-from kronk.telemetry.tracing import record_engine_phases, span
+from kronk.telemetry.tracing import record_engine_phases
 from kronk.types import (
     ChatCompletion,
     Completion,
@@ -70,8 +58,6 @@ from kronk.types import (
 
 log = logging.getLogger("kronk")
 
-Messages = Sequence[Mapping[str, Any]]
-Tools = Sequence[Mapping[str, Any]]
 EmbeddingInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
 
 
@@ -97,6 +83,7 @@ class Kronk:
         flash_attn: str = "auto",
         batch_invariant: bool = False,
         max_queue: int = 64,
+        prompt_cache_bytes: int = 1 << 30,
         chat_template: str | Path | None = None,
         sampling_defaults: Mapping[str, Any] | None = None,
         load_progress: LoadProgress | None = None,
@@ -109,7 +96,9 @@ class Kronk:
         `n_ctx` is the context window of each of the `n_seq_max` parallel slots (capped at
         the model's training context). `chat_template` is a path to a Jinja file that
         replaces the model's own template. `sampling_defaults` (e.g. from a catalog entry)
-        sit between llama.cpp's defaults and each call's parameters.
+        sit between llama.cpp's defaults and each call's parameters. `prompt_cache_bytes`
+        bounds the host memory that keeps KV states of long prompts that lost their slot
+        (0 turns that cache off).
 
         `batch_invariant=True` makes greedy output independent of what else shares the
         batch, by turning off llama.cpp's repacked CPU weights (their batched kernels sum
@@ -168,18 +157,21 @@ class Kronk:
                     type_v=cache_type_v,
                     flash_attn=flash_attn,
                     max_queue=max_queue,
+                    prompt_cache_bytes=prompt_cache_bytes,
                     speculative=spec,
                 ),
                 draft_model=self.draft_model,
             )
             # Each request's engine phases become spans under the span it was made in.
             engine.add_listener(partial(record_engine_phases, self.model_id))
-            self._template = self._load_template(chat_template)
-            self.tool_format = detect_tool_format(
-                self._template.source if self._template is not None else None,
-                self.model.architecture,
+            self._chat = ChatPreparer(
+                self.model,
+                self.model_id,
+                self._defaults,
+                embedding_only=engine.embedding_only,
+                template_override=chat_template,
             )
-            self._marker_tokens = self._single_token_markers()
+            self.tool_format = self._chat.tool_format
         except BaseException:
             if engine is not None:
                 engine.close()
@@ -206,30 +198,6 @@ class Kronk:
                 self._users -= 1
                 if self._users == 0:
                     self._lifecycle.notify_all()
-
-    def _single_token_markers(self) -> frozenset[int]:
-        """The ids of output markers that this vocabulary has as one special token."""
-        vocab = self.model.vocab
-        ids = set()
-        for marker in OUTPUT_MARKERS:
-            tokens = vocab.tokenize(marker, add_special=False, parse_special=True)
-            if len(tokens) == 1 and not vocab.is_eog(tokens[0]):
-                ids.add(tokens[0])
-        return frozenset(ids)
-
-    def _load_template(self, override: str | Path | None) -> ChatTemplate | None:
-        vocab = self.model.vocab
-        special = vocab.special
-        tokens = {
-            "bos_token": vocab.token_text(special.bos) if special.bos is not None else "",
-            "eos_token": vocab.token_text(special.eos) if special.eos is not None else "",
-        }
-        if override is not None:
-            return ChatTemplate.from_file(override, **tokens)
-        if self.engine.embedding_only:
-            return None
-        source = self.model.chat_template
-        return ChatTemplate(source, **tokens) if source else ChatTemplate.default(**tokens)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -387,9 +355,7 @@ class Kronk:
     ) -> int:
         """The prompt tokens a chat request with these messages and tools would take."""
         with self._open():
-            specs = validate_tools(tools)
-            prompt = self._render(messages, tools, specs, chat_template_kwargs or {})
-            return len(self._tokenize_prompt(prompt))
+            return self._chat.count_tokens(messages, tools, chat_template_kwargs or {})
 
     def _prepare_chat(
         self,
@@ -400,7 +366,7 @@ class Kronk:
         params: Mapping[str, Any],
     ) -> tuple[GenerationRequest, ChatTurn]:
         with self._open():
-            return self._chat_request(messages, tools, tool_choice, parallel_tool_calls, params)
+            return self._chat.prepare(messages, tools, tool_choice, parallel_tool_calls, params)
 
     def render_chat(
         self,
@@ -411,122 +377,7 @@ class Kronk:
     ) -> str:
         """The prompt text the model's chat template makes of `messages`."""
         with self._open():
-            return self._render(messages, tools, validate_tools(tools), template_kwargs)
-
-    def _render(
-        self,
-        messages: Messages,
-        tools: Tools | None,
-        specs: Sequence[ToolSpec],
-        template_kwargs: Mapping[str, Any],
-    ) -> str:
-        if self._template is None:
-            raise UnsupportedFeatureError(
-                f"{self.model_id} is an embedding model; it cannot chat", "model"
-            )
-        if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
-            raise InvalidRequestError("messages must be a non-empty list", "messages")
-        if specs and not self._template.supports_tools:
-            # The template cannot show tools: describe them in the system message instead.
-            messages = _with_system_text(messages, tools_system_prompt(specs))
-        return self._template.render(
-            messages, tools=tools or None, add_generation_prompt=True, **template_kwargs
-        )
-
-    def _chat_request(
-        self,
-        messages: Messages,
-        tools: Tools | None,
-        tool_choice: str | Mapping[str, Any] | None,
-        parallel_tool_calls: bool,
-        params: Mapping[str, Any],
-    ) -> tuple[GenerationRequest, ChatTurn]:
-        opts = parse_options(ChatOptions, params)
-        specs = validate_tools(tools)
-        choice = validate_tool_choice(tool_choice, specs)
-        if not isinstance(parallel_tool_calls, bool):
-            raise InvalidRequestError(
-                "parallel_tool_calls must be true or false", "parallel_tool_calls"
-            )
-        with span("kronk.template_render", model=self.model_id, messages=len(messages)):
-            prompt = self._render(messages, tools, specs, opts.chat_template_kwargs or {})
-        if opts.top_logprobs is not None and not opts.logprobs:
-            raise InvalidRequestError("top_logprobs requires logprobs to be true", "top_logprobs")
-        starts_in_reasoning = prompt.rstrip().endswith("<think>")
-        sampling = self._chat_sampling(
-            opts, specs, choice, parallel_tool_calls, starts_in_reasoning
-        )
-        with span("kronk.tokenize", model=self.model_id) as tokenize_span:
-            prompt_tokens = self._tokenize_prompt(prompt)
-            tokenize_span.set_attribute("kronk.prompt_tokens", len(prompt_tokens))
-        request = GenerationRequest(
-            prompt=prompt_tokens,
-            sampling=sampling,
-            max_tokens=opts.max_new_tokens(),
-            stop=opts.stop_list(),
-            logprobs=(opts.top_logprobs or 0) if opts.logprobs else None,
-            ignore_eos=bool(opts.ignore_eos),
-            render_special=self._marker_tokens,
-            speculative=opts.speculative is not False,
-        )
-        parse_calls = bool(specs) and choice.mode != "none"
-        tool_parser = (
-            ToolCallParser(
-                self.tool_format,
-                tool_names=[spec.name for spec in specs],
-                parallel=parallel_tool_calls,
-                parse_calls=parse_calls,
-            )
-            if parse_calls or self.tool_format is ToolFormat.HARMONY
-            else None
-        )
-        turn = ChatTurn(
-            self.model_id, starts_in_reasoning=starts_in_reasoning, tool_parser=tool_parser
-        )
-        return request, turn
-
-    def _chat_sampling(
-        self,
-        opts: ChatOptions,
-        specs: Sequence[ToolSpec],
-        choice: ToolChoice,
-        parallel: bool,
-        starts_in_reasoning: bool,
-    ) -> SamplingParams:
-        """The sampler parameters, with the grammar that enforces `tool_choice` if any."""
-        grammar = _response_format_grammar(opts.response_format)
-        user_grammar = grammar is not None or opts.grammar is not None
-        assert self._template is not None
-        reasoning: Reasoning = (
-            "open"
-            if starts_in_reasoning
-            else "optional"
-            if "<think>" in self._template.source
-            else "none"
-        )
-        if choice.forced:
-            if user_grammar:
-                raise InvalidRequestError(
-                    "tool_choice 'required' or a named function cannot be combined with "
-                    "response_format or grammar",
-                    "tool_choice",
-                )
-            forced = tool_call_grammar(
-                self.tool_format, specs, choice, parallel=parallel, reasoning=reasoning
-            )
-            assert forced is not None  # forced choices always have one
-            return opts.sampling_params(self._defaults, grammar=forced.grammar)
-        lazy = None
-        if choice.mode == "auto" and specs and not user_grammar:
-            try:
-                lazy = tool_call_grammar(self.tool_format, specs, choice, parallel=parallel)
-            except InvalidRequestError as exc:
-                # Calls are still parsed (and repaired); they are just not enforced.
-                log.info("no lazy tool-call grammar: %s", exc)
-        if lazy is None:
-            return opts.sampling_params(self._defaults, grammar=grammar)
-        sampling = opts.sampling_params(self._defaults, grammar=lazy.grammar)
-        return dataclasses.replace(sampling, grammar_triggers=lazy.triggers)
+            return self._chat.render(messages, tools, validate_tools(tools), template_kwargs)
 
     # -- raw completion and fill-in-the-middle -----------------------------------------
 
@@ -598,7 +449,7 @@ class Kronk:
         if suffix is not None:
             tokens = self._fim_prompt(prompt, suffix)
         elif isinstance(prompt, str):
-            tokens = self._tokenize_prompt(prompt)
+            tokens = self._chat.tokenize_prompt(prompt)
         else:
             tokens = _token_list(prompt, "prompt")
         return GenerationRequest(
@@ -698,13 +549,6 @@ class Kronk:
             except ValueError as exc:
                 raise InvalidRequestError(str(exc), "tokens") from None
 
-    def _tokenize_prompt(self, text: str) -> list[int]:
-        vocab = self.model.vocab
-        bos = vocab.special.bos
-        # Templates often write the BOS text themselves; never add a second one.
-        add_bos = vocab.add_bos and not (bos is not None and text.startswith(vocab.token_text(bos)))
-        return vocab.tokenize(text, add_special=add_bos, parse_special=True)
-
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
@@ -721,9 +565,9 @@ class Kronk:
             caps += ["chat", "completion"]
             if m.vocab.special.has_fim:
                 caps.append("fim")
-            if self._template is not None and self._template.supports_tools:
+            if self._chat.supports_tools:
                 caps.append("tools")
-            if self._template is not None and "<think>" in self._template.source:
+            if self._chat.thinks:
                 caps.append("reasoning")
         return ModelInfo(
             id=self.model_id,
@@ -744,41 +588,6 @@ class Kronk:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def _response_format_grammar(response_format: Mapping[str, Any] | None) -> str | None:
-    """OpenAI's response_format -> a GBNF grammar (None for plain text)."""
-    if response_format is None:
-        return None
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return json_schema_to_grammar(JSON_OBJECT_SCHEMA)
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, Mapping) else None
-        if not isinstance(schema, Mapping):
-            raise InvalidRequestError(
-                "response_format.json_schema.schema must be an object", "response_format"
-            )
-        return json_schema_to_grammar(schema)
-    raise InvalidRequestError(
-        f"response_format.type must be 'text', 'json_object' or 'json_schema'; got {kind!r}",
-        "response_format",
-    )
-
-
-def _with_system_text(messages: Messages, text: str) -> list[Mapping[str, Any]]:
-    """`messages` with `text` added to the system message (a new one if there is none)."""
-    out = list(messages)
-    first = out[0] if out else None
-    if isinstance(first, Mapping) and first.get("role") == "system":
-        content = first.get("content")
-        if isinstance(content, str):
-            out[0] = {**first, "content": f"{content}\n\n{text}"}
-            return out
-    return [{"role": "system", "content": text}, *out]
 
 
 def _token_list(value: Any, param: str) -> list[int]:
