@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kronk import InvalidRequestError
-from kronk.engine.ngram import NgramIndex, SharedNgrams
+from kronk.engine.ngram import AnchoredNgrams, NgramIndex, SharedNgrams
 from kronk.engine.speculative import (
     Acceptance,
     Candidate,
@@ -20,6 +20,8 @@ from kronk.engine.speculative import (
     expected_tokens,
     plan_drafts,
 )
+
+AUTO_CONFIG = SpeculativeConfig()
 
 # -- the plan ------------------------------------------------------------------------
 
@@ -108,6 +110,94 @@ def test_ngram_drafts_follow_the_latest_occurrence_and_go_around_loops() -> None
     assert len(shared) <= 10
 
 
+def copied(source: list[int], upto: int) -> AnchoredNgrams:
+    """A request whose prompt holds `source` twice-free and whose answer so far copies
+    its first `upto` tokens."""
+    return AnchoredNgrams(12, [1, 2, 3, *source, 4, 5, *source[:upto]])
+
+
+SOURCE = list(range(100, 200))  # a passage with no repeats (token ids as text)
+
+
+def test_anchored_drafts_only_after_a_long_match_then_draft_long() -> None:
+    assert copied(SOURCE, 11).draft(64) == []  # 11 tokens copied: not yet a long match
+    index = copied(SOURCE, 12)
+    assert index.draft(64) == SOURCE[12:76]  # the source's next 64 tokens
+    # The simple drafter drafts after 4 tokens already, from the latest occurrence.
+    assert NgramIndex(4, [1, *SOURCE, 4, *SOURCE[:4]]).draft(3) == SOURCE[4:7]
+    short = AnchoredNgrams(12, [1, *SOURCE[:6], 9, *SOURCE[:6]])
+    assert short.draft(64) == []  # a 6-token repeat is no anchor
+
+
+def test_anchored_drafts_follow_their_source_as_the_output_copies_it() -> None:
+    index = copied(SOURCE, 12)
+    assert index.draft(8) == SOURCE[12:20]
+    index.extend(SOURCE[12:17])  # 5 of the draft kept, then the target's own next token
+    assert index.draft(8) == SOURCE[17:25]
+    # A later copy of the same tokens (the answer so far) does not move the source.
+    index.extend(SOURCE[17:40])
+    assert index.draft(4) == SOURCE[40:44]
+
+
+def test_anchored_drafts_reanchor_shortly_after_a_change() -> None:
+    index = copied(SOURCE, 30)
+    assert index.draft(8) == SOURCE[30:38]
+    index.extend([7, 8])  # the answer renames SOURCE[30] to two other tokens
+    assert index.draft(8) == []  # lost: nothing matches yet
+    index.extend(SOURCE[31:33])  # then copies on: 2 tokens re-anchor right after the break
+    assert index.draft(8) == SOURCE[33:41]
+    # A deleted passage: the copy goes on a little further in the source.
+    index.extend([7, *SOURCE[60:62]])
+    assert index.draft(4) == SOURCE[62:66]
+    # New text found nowhere, longer than re-anchoring looks: no draft until a long match.
+    index.extend(range(500, 570))
+    assert index.draft(4) == []
+    index.extend(SOURCE[70:81])
+    assert index.draft(4) == []  # 11 tokens: still short of a long match
+    index.extend(SOURCE[81:82])
+    assert index.draft(4) == SOURCE[82:86]
+
+
+def test_anchored_drafts_go_around_a_loop() -> None:
+    line = list(range(300, 306))
+    index = AnchoredNgrams(12, [*line, *line, *line])
+    assert index.draft(8) == [*line, *line[:2]]
+
+
+def test_ngram_drafts_grow_as_they_are_kept_and_restart_short_after_a_cut() -> None:
+    state = SlotDrafting(Acceptance())
+    cost = fitted_cost(0.020, 0.004)
+    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 8}
+    state.record(8, 8, 16)
+    state.record(16, 16, 16)
+    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 32}
+    state.record(32, 3, 16)  # cut at a changed name: the next draft is short again
+    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 4}
+    # Not adaptive (measurements): as much as the source has.
+    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512, adaptive=False) == {0: 64}
+    # A draft model's drafts are bounded by their per-token rate instead.
+    model = plan_drafts([Candidate(0, state, 64, 100, from_model=True)], [], cost, 64, 512)
+    assert model[0] > 4
+
+
+def test_sum_usage_adds_the_drafts_of_every_choice() -> None:
+    from kronk.server.openai.routes import sum_usage
+    from kronk.types import CompletionUsage
+
+    usages = [
+        CompletionUsage(
+            prompt_tokens=10,
+            completion_tokens=c,
+            total_tokens=10 + c,
+            draft_tokens=d,
+            draft_accepted=a,
+        )
+        for c, d, a in ((20, 16, 12), (30, 8, 2))
+    ]
+    total = sum_usage(usages, same_prompt=True)
+    assert (total.completion_tokens, total.draft_tokens, total.draft_accepted) == (50, 24, 14)
+
+
 def test_speculative_settings_are_validated() -> None:
     assert SpeculativeConfig.of("NGRAM").mode == "ngram"
     assert SpeculativeConfig.of(False).mode == "off"
@@ -116,6 +206,11 @@ def test_speculative_settings_are_validated() -> None:
         SpeculativeConfig.of("sometimes")
     with pytest.raises(InvalidRequestError, match="draft_max"):
         SpeculativeConfig(draft_max=0).validate()
+    simple = SpeculativeConfig.of("ngram-simple")
+    assert (simple.ngram_mode, simple.match_size, simple.uses_ngram) == ("simple", 4, True)
+    assert (AUTO_CONFIG.ngram_mode, AUTO_CONFIG.match_size) == ("anchored", 12)
+    with pytest.raises(InvalidRequestError, match="ngram_size"):
+        SpeculativeConfig(ngram_size=0).validate()
 
 
 def test_server_settings_carry_spec_draft_model_and_draft_max(tmp_path: Path) -> None:

@@ -28,22 +28,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from kronk.engine.ngram import NgramMode
 from kronk.errors import InvalidRequestError
 
-SpecMode = Literal["auto", "ngram", "draft", "off"]
-SPEC_MODES: tuple[SpecMode, ...] = ("auto", "ngram", "draft", "off")
+SpecMode = Literal["auto", "ngram", "ngram-simple", "draft", "off"]
+SPEC_MODES: tuple[SpecMode, ...] = ("auto", "ngram", "ngram-simple", "draft", "off")
 DRAFT_MAX_LIMIT = 64  # more verified tokens a step than this never paid in any measurement
+# Tokens that must match before an n-gram draft, by drafter (kronk.engine.ngram): a long
+# match for the anchored drafter's long drafts, llama.cpp's ngram-simple size for it.
+NGRAM_SIZES: dict[NgramMode, int] = {"anchored": 12, "simple": 4}
 
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
     """How a model drafts. `auto`: n-gram lookup, plus the draft model when one is given,
     adaptive. `ngram` / `draft`: only that source (still adaptive unless `adaptive` is
-    False). `off`: plain decoding."""
+    False); `ngram-simple`: n-gram drafts as llama.cpp's ngram-simple makes them (the
+    latest earlier occurrence of the last 4 tokens) instead of the anchored drafter.
+    `off`: plain decoding."""
 
     mode: SpecMode = "auto"
-    draft_max: int = 16  # most draft tokens a slot feeds in one step
-    ngram_size: int = 4  # tokens that must match for an n-gram draft (llama.cpp's size_n)
+    draft_max: int = 64  # most draft tokens a slot feeds in one step
+    # Tokens that must match for an n-gram draft (llama.cpp's size_n); None: the
+    # drafter's own (NGRAM_SIZES).
+    ngram_size: int | None = None
     draft_model: str | None = None  # path of a GGUF with the target's vocabulary
     draft_window: int = 512  # the draft model sees at most this many recent tokens
     draft_p_min: float = 0.3  # stop a model draft where its own top probability is lower
@@ -62,7 +70,7 @@ class SpeculativeConfig:
                 f"draft_max must be between 1 and {DRAFT_MAX_LIMIT}; got {self.draft_max}",
                 "draft_max",
             )
-        if not 1 <= self.ngram_size <= 64:
+        if not 1 <= self.match_size <= 64:
             raise InvalidRequestError("ngram_size must be between 1 and 64", "ngram_size")
         if self.mode == "draft" and not self.draft_model:
             raise InvalidRequestError(
@@ -77,7 +85,16 @@ class SpeculativeConfig:
 
     @property
     def uses_ngram(self) -> bool:
-        return self.mode in ("auto", "ngram")
+        return self.mode in ("auto", "ngram", "ngram-simple")
+
+    @property
+    def ngram_mode(self) -> NgramMode:
+        return "simple" if self.mode == "ngram-simple" else "anchored"
+
+    @property
+    def match_size(self) -> int:
+        """Tokens that must match for an n-gram draft."""
+        return self.ngram_size if self.ngram_size is not None else NGRAM_SIZES[self.ngram_mode]
 
     @property
     def uses_draft_model(self) -> bool:
@@ -222,8 +239,22 @@ class SlotDrafting:
     # the answer copies is noticed at once.
     idle_steps: int = 16
     probe_every: int = 16
+    # The longest n-gram draft it may feed next: doubled by a draft kept whole, back to
+    # what the last one kept after a cut, so a source that keeps breaking never costs a
+    # long verification (a probe of 2 kept whole would otherwise buy a draft of 48).
+    ramp: int = 8
     drafted: int = 0
     accepted: int = 0
+
+    def record(self, drafted: int, accepted: int, probe_interval: int) -> None:
+        """A verification of `drafted` tokens kept `accepted`."""
+        self.acceptance.record(drafted, accepted)
+        # A probe that found nothing waits twice as long for the next one.
+        self.probe_every = probe_interval if accepted else min(self.probe_every * 2, 256)
+        if accepted == drafted:
+            self.ramp = min(max(self.ramp, 2 * drafted), DRAFT_MAX_LIMIT)
+        else:
+            self.ramp = max(2, accepted + 1)
 
 
 @dataclass
@@ -258,6 +289,9 @@ def plan_drafts(
     limits = {c.seq_id: min(c.available, c.limit, draft_max) for c in candidates}
     if not adaptive:
         return {s: k for s, k in limits.items() if k > 0}
+    for c in candidates:
+        if not c.from_model:  # a draft model's drafts are bounded by their rate (`_cap`)
+            limits[c.seq_id] = min(limits[c.seq_id], c.state.ramp)
     probes: dict[int, int] = {}
     caps: dict[int, int] = {}
     for c in candidates:

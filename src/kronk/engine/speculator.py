@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from kronk.engine.config import EngineConfig, EngineStats
 from kronk.engine.draft import DraftModel, History
-from kronk.engine.ngram import NgramIndex, SharedNgrams
+from kronk.engine.ngram import SharedNgrams, ngram_drafter
 from kronk.engine.slots import Active, Slot
 from kronk.engine.speculative import (
     Acceptance,
@@ -47,7 +47,7 @@ class Speculator:
         self.cost = StepCost()
         self._draft_seconds_per_position = 0.0
         self._shared = (
-            SharedNgrams(spec.ngram_size, spec.shared_ngrams, spec.draft_max)
+            SharedNgrams(spec.match_size, spec.shared_ngrams, spec.draft_max)
             if spec.uses_ngram and spec.shared_ngrams
             else None
         )
@@ -118,7 +118,8 @@ class Speculator:
             offer: list[int] = []
             if spec.uses_ngram:
                 if a.ngrams is None:  # built here, off the submitters' lock, once
-                    a.ngrams = NgramIndex(spec.ngram_size, [*slot.tokens, a.next_token])
+                    history = [*slot.tokens, a.next_token]
+                    a.ngrams = ngram_drafter(spec.ngram_mode, spec.match_size, history)
                 offer = a.ngrams.draft(spec.draft_max)
                 if not offer and self._shared is not None:
                     offer = self._shared.draft(a.ngrams.tokens, spec.draft_max)
@@ -165,9 +166,7 @@ class Speculator:
         own counts are kept by the engine as it goes)."""
         d = active.drafting
         assert d is not None
-        d.acceptance.record(drafted, accepted)
-        # A probe that found nothing waits twice as long for the next one.
-        d.probe_every = self.spec.probe_interval if accepted else min(d.probe_every * 2, 256)
+        d.record(drafted, accepted, self.spec.probe_interval)
         self._stats.draft_tokens += drafted
         self._stats.draft_accepted += accepted
 
