@@ -114,8 +114,9 @@ def start(
     spec: Annotated[
         str | None,
         typer.Option(
-            help="Speculative decoding: auto (n-gram drafts where they pay), ngram, draft "
-            "(a draft model), off (env: KRONK_SPEC; default: auto)"
+            help="Speculative decoding: auto (n-gram drafts where they pay), ngram, "
+            "ngram-simple (4-token lookup), draft (a draft model), off (env: KRONK_SPEC; "
+            "default: auto)"
         ),
     ] = None,
     draft_model: Annotated[
@@ -128,7 +129,7 @@ def start(
     draft_max: Annotated[
         int | None,
         typer.Option(
-            help="Most draft tokens a slot verifies per step (env: KRONK_DRAFT_MAX; default: 16)"
+            help="Most draft tokens a slot verifies per step (env: KRONK_DRAFT_MAX; default: 64)"
         ),
     ] = None,
     log_level: Annotated[

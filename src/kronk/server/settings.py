@@ -36,7 +36,7 @@ CtxSize = Annotated[int | None, Field(ge=8)]  # context window per slot
 Threads = Annotated[int | None, Field(ge=1)]
 MaxQueue = Annotated[int | None, Field(ge=0)]  # requests waiting for a slot, per model
 # Speculative decoding (kronk.engine.speculative; docs/speculative.md).
-SpecMode = Literal["auto", "ngram", "draft", "off"]
+SpecMode = Literal["auto", "ngram", "ngram-simple", "draft", "off"]
 DraftMax = Annotated[int | None, Field(ge=1, le=64)]  # draft tokens a slot verifies a step
 
 # Setting name -> its environment variable.
