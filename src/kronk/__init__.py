@@ -11,6 +11,7 @@ from kronk.errors import (
     InvalidRequestError,
     KronkError,
     ModelLoadError,
+    ModelTooLargeError,
     TemplateError,
     UnsupportedFeatureError,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "Kronk",
     "KronkError",
     "ModelLoadError",
+    "ModelTooLargeError",
     "TemplateError",
     "UnsupportedFeatureError",
     "__version__",

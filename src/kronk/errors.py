@@ -101,3 +101,8 @@ class CatalogError(KronkError):
 class ModelConversionError(KronkError):
     """A model folder could not be converted to GGUF: files missing or malformed, or an
     architecture, tokenizer or pooling mode the converter does not support."""
+
+
+class ModelTooLargeError(KronkError):
+    """The model's memory estimate exceeds the server's whole memory budget: it can never
+    be loaded with these settings (the message names both)."""

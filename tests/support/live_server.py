@@ -131,6 +131,12 @@ def live_server(
         models_max=models_max,
         ttl_seconds=ttl_seconds,
         load_defaults=defaults,
+        # What fits and who waits, from settings_extra (memory_budget, queue_size, ...).
+        **{
+            key: value
+            for key, value in settings.pool_options().items()
+            if key in ("memory_budget", "queue_size", "queue_timeout")
+        },
     )
     app = create_app(pool, settings=settings)
     server = make_server(app, host="127.0.0.1", port=port, log_level="warning")

@@ -93,6 +93,34 @@ def start(
             help="Requests that may wait for a slot, per model (env: KRONK_MAX_QUEUE; default: 64)"
         ),
     ] = None,
+    prompt_cache_size: Annotated[
+        str | None,
+        typer.Option(
+            help="Host memory per model for KV states of long prompts that lost their slot, "
+            "e.g. 512MiB; 0 turns it off (env: KRONK_PROMPT_CACHE_SIZE; default: 1GiB)"
+        ),
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory the loaded models' estimates may add up to, e.g. 8GiB; 0: no limit "
+            "(env: KRONK_MEMORY_BUDGET; default: the RAM available at start less 10%)"
+        ),
+    ] = None,
+    queue_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests that may wait for room to load their model "
+            "(env: KRONK_QUEUE_SIZE; default: 64)"
+        ),
+    ] = None,
+    queue_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a request waits for room before a 503 (529 for Anthropic) "
+            "(env: KRONK_QUEUE_TIMEOUT; default: 60)"
+        ),
+    ] = None,
     cache_type_k: Annotated[
         str | None,
         typer.Option(
@@ -209,6 +237,10 @@ def start(
         "ttl": ttl,
         "threads": threads,
         "max_queue": max_queue,
+        "prompt_cache_size": prompt_cache_size,
+        "memory_budget": memory_budget,
+        "queue_size": queue_size,
+        "queue_timeout": queue_timeout,
         "cache_type_k": cache_type_k,
         "cache_type_v": cache_type_v,
         "flash_attn": flash_attn,
@@ -272,13 +304,7 @@ def run_foreground(settings: ServerSettings) -> int:
     if running is not None and running != os.getpid():
         err_console.print(f"[red]error:[/red] a kronk server is already running (pid {running})")
         return 1
-    pool = ModelPool(
-        resolver,
-        models_max=settings.models_max,
-        ttl_seconds=settings.ttl,
-        load_defaults=settings.load_defaults(),
-        model_options=settings.model_options(),
-    )
+    pool = ModelPool(resolver, **settings.pool_options())
     holder: list[Any] = []
 
     def on_preload_failure(_message: str) -> None:

@@ -30,6 +30,7 @@ from kronk.errors import (
     InvalidRequestError,
     KronkError,
     ModelNotFoundError,
+    ModelTooLargeError,
     TemplateError,
     UnsupportedFeatureError,
 )
@@ -45,7 +46,7 @@ ErrorKind = Literal[
     "too_large",  # 413: the prompt does not fit the context
     "unsupported_media_type",  # 415
     "rate_limit",  # 429: a token's quota
-    "overloaded",  # 429/529: every slot busy and the queue full
+    "overloaded",  # 503/529: every slot busy and the queue full, or no room came in time
     "unavailable",  # 503: model unloaded or server draining
     "server",  # 500: kronk's own fault
 ]
@@ -58,7 +59,7 @@ STATUS: dict[ErrorKind, int] = {
     "too_large": 413,
     "unsupported_media_type": 415,
     "rate_limit": 429,
-    "overloaded": 429,
+    "overloaded": 503,
     "unavailable": 503,
     "server": 500,
 }
@@ -92,6 +93,8 @@ def classify(exc: KronkError) -> ErrorInfo:
         return ErrorInfo("not_found", message, "model", "model_not_found")
     if isinstance(exc, ContextFullError):
         return ErrorInfo("too_large", message, "messages", "context_length_exceeded")
+    if isinstance(exc, ModelTooLargeError):  # these settings can never load it: no retry
+        return ErrorInfo("invalid_request", message, "model", "model_too_large")
     if isinstance(exc, EngineBusyError):
         return ErrorInfo("overloaded", message, None, "server_busy", retry_after=1)
     if isinstance(exc, EngineClosedError):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
 
 from kronk.errors import ConfigError
 from kronk.home import KronkHome
@@ -38,6 +38,8 @@ MaxQueue = Annotated[int | None, Field(ge=0)]  # requests waiting for a slot, pe
 # Speculative decoding (kronk.engine.speculative; docs/speculative.md).
 SpecMode = Literal["auto", "ngram", "ngram-simple", "draft", "off"]
 DraftMax = Annotated[int | None, Field(ge=1, le=64)]  # draft tokens a slot verifies a step
+# Sizes in bytes, or with a unit: "512MiB", "2GB", "1.5GiB".
+Bytes = Annotated[ByteSize | None, Field(ge=0)]
 
 # Setting name -> its environment variable.
 ENVIRONMENT: dict[str, str] = {
@@ -50,6 +52,10 @@ ENVIRONMENT: dict[str, str] = {
     "ttl": "KRONK_TTL",
     "threads": "KRONK_THREADS",
     "max_queue": "KRONK_MAX_QUEUE",
+    "prompt_cache_size": "KRONK_PROMPT_CACHE_SIZE",
+    "memory_budget": "KRONK_MEMORY_BUDGET",
+    "queue_size": "KRONK_QUEUE_SIZE",
+    "queue_timeout": "KRONK_QUEUE_TIMEOUT",
     "cache_type_k": "KRONK_CACHE_TYPE_K",
     "cache_type_v": "KRONK_CACHE_TYPE_V",
     "flash_attn": "KRONK_FLASH_ATTN",
@@ -82,6 +88,7 @@ class ModelSettings(BaseModel):
     ctx_size: CtxSize = None
     threads: Threads = None
     max_queue: MaxQueue = None
+    prompt_cache_size: Bytes = None  # host memory for saved prompt KV states (0: off)
     cache_type_k: CacheType | None = None
     cache_type_v: CacheType | None = None
     flash_attn: FlashAttention | None = None
@@ -112,6 +119,7 @@ class ModelSettings(BaseModel):
             "n_seq_max": self.parallel,
             "n_threads": self.threads,
             "max_queue": self.max_queue,
+            "prompt_cache_bytes": self.prompt_cache_size,
             "cache_type_k": self.cache_type_k,
             "cache_type_v": self.cache_type_v,
             "flash_attn": self.flash_attn,
@@ -121,7 +129,11 @@ class ModelSettings(BaseModel):
             "draft_max": self.draft_max,
             "sampling_defaults": self.sampling,
         }
-        return {key: value for key, value in chosen.items() if value is not None}
+        return {
+            key: int(value) if isinstance(value, ByteSize) else value
+            for key, value in chosen.items()
+            if value is not None
+        }
 
 
 class ServerSettings(BaseModel):
@@ -140,6 +152,13 @@ class ServerSettings(BaseModel):
     ttl: float = 300.0  # idle seconds before unloading; 0 at once, negative never
     threads: Threads = None
     max_queue: MaxQueue = None
+    prompt_cache_size: Bytes = None  # per model; None: the SDK's 1 GiB
+    # The pool (kronk.pool): the memory the loaded models' estimates may add up to (None:
+    # the RAM available at start less a margin; 0: no limit), and the requests that may
+    # wait for room to load a model, each for up to queue_timeout seconds.
+    memory_budget: Bytes = None
+    queue_size: int = Field(64, ge=0)
+    queue_timeout: float = Field(60.0, ge=0)
     cache_type_k: CacheType | None = None  # KV cache element types, per model
     cache_type_v: CacheType | None = None
     flash_attn: FlashAttention | None = None
@@ -205,6 +224,7 @@ class ServerSettings(BaseModel):
             ctx_size=self.ctx_size,
             threads=self.threads,
             max_queue=self.max_queue,
+            prompt_cache_size=self.prompt_cache_size,
             cache_type_k=self.cache_type_k,
             cache_type_v=self.cache_type_v,
             flash_attn=self.flash_attn,
@@ -212,6 +232,18 @@ class ServerSettings(BaseModel):
             draft_model=self.draft_model,
             draft_max=self.draft_max,
         ).load_options()
+
+    def pool_options(self) -> dict[str, Any]:
+        """ModelPool(...) keyword arguments: what loads, what fits, who waits."""
+        return {
+            "models_max": self.models_max,
+            "ttl_seconds": self.ttl,
+            "memory_budget": None if self.memory_budget is None else int(self.memory_budget),
+            "queue_size": self.queue_size,
+            "queue_timeout": self.queue_timeout,
+            "load_defaults": self.load_defaults(),
+            "model_options": self.model_options(),
+        }
 
     def model_options(self) -> dict[str, dict[str, Any]]:
         """Kronk(...) keyword arguments the user set for single models, by model id."""

@@ -17,7 +17,6 @@ from kronk.server.errors import ErrorInfo, ErrorKind, classify, register_rendere
 _STATUS: dict[ErrorKind, int] = {
     "too_large": 400,
     "unsupported_media_type": 400,
-    "overloaded": 503,
 }
 
 

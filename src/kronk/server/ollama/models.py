@@ -36,7 +36,7 @@ from kronk.models.store import ModelStore
 from kronk.pool import LoadedModel, ModelPool
 from kronk.server.common import server_state
 from kronk.server.ollama.errors import error_message
-from kronk.server.ollama.gguf_info import GGUFSummary, gguf_summary, parameter_size
+from kronk.models.gguf_info import GGUFSummary, gguf_summary, parameter_size
 from kronk.server.ollama.protocol import (
     CopyRequest,
     DeleteRequest,

@@ -1,13 +1,17 @@
-"""The model pool: which models are loaded, for whom, and for how long.
+"""The scheduler: which models are loaded, and who waits for what.
 
 Requests name a model; the pool loads it on first use (in a worker thread, so the
-event loop keeps serving), keeps at most `models_max` loaded, evicts the least
-recently used idle one to make room, and unloads a model once it has been idle for
-`ttl_seconds`. A model is never unloaded while a request or stream holds a lease on
-it. Concurrent requests for a model that is loading all wait for that one load.
+event loop keeps serving). A load goes ahead when it fits: at most `models_max` models,
+and their memory estimates (`kronk.pool.memory`) within `memory_budget`. To make room it
+unloads the least recently used idle models; a model that can never fit the budget is
+refused at once. When nothing can make room because every model is busy or loading, the
+request waits in a bounded queue (`queue_size` requests, `queue_timeout` seconds each)
+and then gets EngineBusyError. A model is never unloaded while a request or stream holds
+a lease on it; it is unloaded once idle for `ttl_seconds`. Concurrent requests for a
+model that is loading all wait for that one load, and share its failure.
 
-Everything here runs on one asyncio event loop; only the load itself and `close()`
-of a model run in threads.
+Everything here runs on one asyncio event loop; only reading a header, the load itself
+and `close()` of a model run in threads.
 """
 
 from __future__ import annotations
@@ -18,11 +22,10 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from kronk.engine.config import SlotState
 from kronk.errors import (
     ConfigError,
     EngineBusyError,
@@ -30,9 +33,20 @@ from kronk.errors import (
     InvalidRequestError,
     KronkError,
     ModelLoadError,
+    ModelTooLargeError,
 )
 from kronk.models.catalog import Catalog
 from kronk.models.resolver import ModelResolver, ResolvedModel
+from kronk.pool.lease import Entry, ModelLease, load_options
+from kronk.pool.memory import (
+    MemoryEstimate,
+    default_budget,
+    process_rss,
+    size_text,
+    too_large,
+    try_estimate,
+)
+from kronk.pool.report import LoadedModel, loading_snapshot, ready_snapshot
 from kronk.sdk import Kronk
 from kronk.telemetry.tracing import span
 
@@ -60,103 +74,12 @@ KronkLoader = Callable[..., Kronk]
 
 
 @dataclass(frozen=True)
-class LoadedModel:
-    """A snapshot of one model in the pool (what `/api/ps` reports)."""
+class PoolMemory:
+    """The pool's memory as `/api/ps` reports it."""
 
-    id: str
-    path: str
-    status: Literal["loading", "ready"]
-    progress: float  # load progress, 1.0 once ready
-    slots: int  # parallel sequences the engine serves
-    slots_in_use: int
-    queued: int  # requests waiting for a slot
-    leases: int  # requests and streams holding the model
-    size_bytes: int  # the model file's weights
-    kv_cache_bytes: int  # all slots' KV cache
-    memory_bytes: int  # size_bytes + kv_cache_bytes + draft_bytes
-    slot_tokens: list[int]  # tokens each slot's KV cache holds (in use or kept for reuse)
-    slot_kv_bytes: list[int]  # the KV cache bytes those tokens take, per slot
-    n_ctx: int  # context window per slot
-    requests_total: int  # requests the engine has taken since the load
-    tokens_generated: int
-    capabilities: list[str]
-    loaded_at: float | None  # wall-clock seconds since the epoch
-    last_used: float  # wall-clock seconds since the epoch
-    expires_at: float | None  # when the idle TTL unloads it (None: busy or never)
-    # Speculative decoding: the draft model's file (None: none loaded), its weights and KV
-    # cache, and the draft tokens verified and accepted since the load.
-    draft_model: str | None = None
-    draft_bytes: int = 0
-    draft_tokens: int = 0
-    draft_accepted: int = 0
-    slot_states: list[SlotState] = field(default_factory=list)  # what each slot is doing
-
-
-@dataclass(eq=False)
-class _Entry:
-    resolved: ResolvedModel
-    task: asyncio.Task[Kronk] | None = None
-    kronk: Kronk | None = None
-    leases: int = 0  # holders plus waiters for the load: both pin the model
-    progress: float = 0.0
-    loaded_at: float | None = None
-    last_used: float = 0.0  # pool clock
-    capabilities: list[str] = field(default_factory=list)
-    # A request's keep-alive for this model (Ollama's keep_alive): idle seconds before it
-    # is unloaded, inf for ever; None follows the pool's ttl_seconds.
-    ttl: float | None = None
-
-
-class ModelLease:
-    """A hold on a loaded model; release it (or leave `async with`) when done.
-
-    While any lease is held, the pool neither evicts nor TTL-unloads the model.
-    """
-
-    def __init__(self, pool: ModelPool, entry: _Entry, kronk: Kronk) -> None:
-        self._pool = pool
-        self._entry = entry
-        self.kronk = kronk
-        self.resolved = entry.resolved
-        self._released = False
-
-    @property
-    def model_id(self) -> str:
-        return self.resolved.id
-
-    def release(self) -> None:
-        """Give the model back. Idempotent."""
-        if not self._released:
-            self._released = True
-            self._pool._release(self._entry)
-
-    async def __aenter__(self) -> ModelLease:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        self.release()
-
-    def __del__(self) -> None:
-        # A lease lost without release() would pin the model forever; the pool's
-        # bookkeeping is loop-only, so hand the release to the loop.
-        if not getattr(self, "_released", True):
-            loop = self._pool._loop
-            if loop is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self.release)
-
-
-def load_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Kronk(...) keyword arguments from layers of settings, later ones winning; the
-    sampling defaults merge key by key, so a user's temperature keeps the catalog's top_k."""
-    merged: dict[str, Any] = {}
-    sampling: dict[str, Any] = {}
-    for layer in layers:
-        merged.update(layer)
-        sampling.update(layer.get("sampling_defaults") or {})
-    if sampling:
-        merged["sampling_defaults"] = sampling
-    return merged
+    budget: int  # 0: no limit
+    planned: int  # the estimates of every loaded and loading model
+    waiting: int  # requests queued for room
 
 
 class ModelPool:
@@ -170,6 +93,9 @@ class ModelPool:
         ttl_seconds: float | None = 300.0,
         load_defaults: Mapping[str, Any] | None = None,
         model_options: Mapping[str, Mapping[str, Any]] | None = None,
+        memory_budget: int | None = None,
+        queue_size: int = 64,
+        queue_timeout: float = 60.0,
         loader: KronkLoader = Kronk,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -180,23 +106,32 @@ class ModelPool:
         `load_options`, because a flag the user typed beats a catalog's suggestion.
         `model_options` (model id -> Kronk(...) keyword arguments) beat both for their
         model; `sampling_defaults` merge key by key at every level.
+        `memory_budget`: bytes the loaded models' estimates may add up to (None: the RAM
+        available now less a margin; 0: no limit). `queue_size` requests may wait up to
+        `queue_timeout` seconds for room to load their model.
         `loader` and `clock` exist so tests can count loads and move time."""
         if models_max < 1:
             raise ValueError("models_max must be at least 1")
+        if queue_size < 0 or queue_timeout < 0:
+            raise ValueError("queue_size and queue_timeout must be >= 0")
         self.resolver = resolver
         self.models_max = models_max
         self.ttl_seconds = ttl_seconds if ttl_seconds is not None and ttl_seconds >= 0 else None
         self.load_defaults = dict(load_defaults or {})
         self.model_options = {k: dict(v) for k, v in (model_options or {}).items()}
+        self.memory_budget = default_budget() if memory_budget is None else max(0, memory_budget)
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
         self._loader = loader
         self._clock = clock
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._listeners: list[PoolListener] = []
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._unloading: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()  # set (and replaced) whenever room may have appeared
+        self._waiting = 0  # requests queued for room
 
     # -- listeners -------------------------------------------------------------------------
 
@@ -225,15 +160,16 @@ class ModelPool:
     async def acquire(self, name: str) -> ModelLease:
         """Lease model `name`, loading it first if needed (shared with concurrent callers).
 
-        Raises ModelNotFoundError, ModelLoadError, EngineBusyError (every loaded model is
-        busy and there is no room for another) or EngineClosedError (pool closing)."""
+        Raises ModelNotFoundError, ModelLoadError, ModelTooLargeError (it can never fit
+        the memory budget), EngineBusyError (no room came within the queue's timeout, or
+        the queue is full) or EngineClosedError (pool closing)."""
         self._start()
         if self._closed:
             raise EngineClosedError("the server is shutting down")
         resolved = self.resolver.resolve(name)
         entry = self._entries.get(resolved.id)
         if entry is None:
-            entry = self._begin_load(resolved)
+            entry = await self._admit(resolved)
         entry.leases += 1  # pins it while we wait, so nobody evicts it under us
         try:
             if entry.kronk is not None:
@@ -246,7 +182,7 @@ class ModelPool:
             self._release(entry)
             raise
         entry.last_used = self._clock()
-        return ModelLease(self, entry, kronk)
+        return ModelLease(entry, kronk, self._release, self._loop)
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[ModelLease]:
@@ -262,58 +198,123 @@ class ModelPool:
         async with self.lease(name) as held:
             return held.resolved
 
-    def _release(self, entry: _Entry) -> None:
+    def _release(self, entry: Entry) -> None:
         entry.leases -= 1
         entry.last_used = self._clock()
         if entry.leases == 0:
             self._wake.set()  # the reaper recomputes its next deadline
+            self._room_changed()  # an idle model can be evicted for a waiting one
 
-    # -- loading and unloading -------------------------------------------------------------
+    def _room_changed(self) -> None:
+        self._room.set()
+        self._room = asyncio.Event()
 
-    def _begin_load(self, resolved: ResolvedModel) -> _Entry:
-        # Runs without awaiting, so the capacity check and the registration are atomic.
-        victims = self._make_room()
-        entry = _Entry(resolved, last_used=self._clock())
-        self._entries[resolved.id] = entry
-        entry.task = asyncio.create_task(self._load(entry, victims), name=f"load {resolved.id}")
-        # Nobody may be waiting when it fails (all waiters gave up): don't warn about that.
-        entry.task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return entry
+    # -- admission: what fits, and the queue for room --------------------------------------
 
-    def _make_room(self) -> list[_Entry]:
-        """Take least recently used idle models out of the pool until one more fits."""
-        excess = len(self._entries) + 1 - self.models_max
-        if excess <= 0:
-            return []
+    async def _admit(self, resolved: ResolvedModel) -> Entry:
+        """The entry for a model that is not in the pool: its load begun once room is made
+        (shared with whoever asked meanwhile), after waiting in the queue if need be."""
+        options = self._options_for(resolved.id, resolved)
+        estimate = await asyncio.to_thread(try_estimate, resolved.path, options)
+        deadline: float | None = None
+        while True:
+            entry = self._entries.get(resolved.id)  # someone else began it meanwhile
+            if entry is not None:
+                return entry
+            if self._closed:
+                raise EngineClosedError("the server is shutting down")
+            needed = estimate.total if estimate is not None else 0
+            if estimate is not None and self.memory_budget and needed > self.memory_budget:
+                raise ModelTooLargeError(too_large(resolved.id, estimate, self.memory_budget))
+            victims = self._make_room(needed)
+            if victims is not None:  # no await since the check: the registration is atomic
+                return self._begin_load(resolved, options, estimate, victims)
+            if deadline is None:
+                if self._waiting >= self.queue_size:
+                    raise EngineBusyError(
+                        f"server busy: {self._waiting} requests already wait for a model to "
+                        f"load ({self._busy_reason()}); retry later, or raise --queue-size"
+                    )
+                deadline = time.monotonic() + self.queue_timeout
+            await self._wait_for_room(resolved.id, deadline)
+
+    async def _wait_for_room(self, model_id: str, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            self._waiting += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), remaining)
+            finally:
+                self._waiting -= 1
+        if time.monotonic() >= deadline:
+            raise EngineBusyError(
+                f"server busy: no room to load {model_id} within {self.queue_timeout:g} s "
+                f"({self._busy_reason()}); retry later, or raise --models-max or --memory-budget"
+            )
+
+    def _busy_reason(self) -> str:
+        busy = ", ".join(sorted(self._entries)) or "none"
+        out = f"busy or loading: {busy}; {len(self._entries)} of {self.models_max} places"
+        if self.memory_budget:
+            used = sum(e.planned_bytes for e in self._entries.values())
+            out += f", {size_text(used)} of the {size_text(self.memory_budget)} memory budget"
+        return out
+
+    def _make_room(self, needed: int) -> list[Entry] | None:
+        """Take least recently used idle models out of the pool until one more of
+        `needed` bytes fits; None (and nothing taken) when no choice of idle ones does."""
         idle = sorted(
             (e for e in self._entries.values() if e.leases == 0 and e.kronk is not None),
             key=lambda e: e.last_used,
         )
-        if len(idle) < excess:
-            busy = ", ".join(sorted(self._entries))
-            raise EngineBusyError(
-                f"all {self.models_max} model places are in use ({busy}); retry when one is "
-                "idle, or raise --models-max"
-            )
-        victims = idle[:excess]
+        count = len(self._entries) + 1
+        used = sum(e.planned_bytes for e in self._entries.values()) + needed
+        victims: list[Entry] = []
+        for victim in idle:
+            if count <= self.models_max and (not self.memory_budget or used <= self.memory_budget):
+                break
+            victims.append(victim)
+            count -= 1
+            used -= victim.planned_bytes
+        if count > self.models_max or (self.memory_budget and used > self.memory_budget):
+            return None
         for victim in victims:
             del self._entries[victim.resolved.id]
         return victims
 
-    async def _load(self, entry: _Entry, victims: list[_Entry]) -> Kronk:
+    # -- loading and unloading -------------------------------------------------------------
+
+    def _options_for(self, model_id: str, resolved: ResolvedModel) -> dict[str, Any]:
+        return self._with_draft_path(
+            model_id,
+            load_options(
+                resolved.load_options, self.load_defaults, self.model_options.get(model_id, {})
+            ),
+        )
+
+    def _begin_load(
+        self,
+        resolved: ResolvedModel,
+        options: dict[str, Any],
+        estimate: MemoryEstimate | None,
+        victims: list[Entry],
+    ) -> Entry:
+        entry = Entry(resolved, last_used=self._clock(), estimate=estimate)
+        self._entries[resolved.id] = entry
+        entry.task = asyncio.create_task(
+            self._load(entry, options, victims), name=f"load {resolved.id}"
+        )
+        # Nobody may be waiting when it fails (all waiters gave up): don't warn about that.
+        entry.task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return entry
+
+    async def _load(self, entry: Entry, kwargs: dict[str, Any], victims: list[Entry]) -> Kronk:
         model_id = entry.resolved.id
         try:
             for victim in victims:
                 log.info("unloading %s to make room for %s", victim.resolved.id, model_id)
                 await self._close_entry(victim)
-            kwargs = self._with_draft_path(
-                model_id,
-                load_options(
-                    entry.resolved.load_options,
-                    self.load_defaults,
-                    self.model_options.get(model_id, {}),
-                ),
-            )
             self._emit(PoolEvent("loading", model_id))
             log.info("loading %s from %s", model_id, entry.resolved.path)
 
@@ -322,15 +323,16 @@ class ModelPool:
                 self._emit(PoolEvent("progress", model_id, progress=fraction))
                 return not self._closed  # closing the pool cancels a load in flight
 
+            def load() -> tuple[Kronk, int]:
+                before = process_rss()
+                kronk = self._loader(
+                    entry.resolved.path, model_id=model_id, load_progress=on_progress, **kwargs
+                )
+                return kronk, max(0, process_rss() - before)
+
             try:
                 with span("kronk.model_load", model=model_id, path=str(entry.resolved.path)):
-                    kronk = await asyncio.to_thread(
-                        self._loader,
-                        entry.resolved.path,
-                        model_id=model_id,
-                        load_progress=on_progress,
-                        **kwargs,
-                    )
+                    kronk, entry.measured_bytes = await asyncio.to_thread(load)
             except TypeError as exc:  # a load option Kronk does not take
                 raise ModelLoadError(f"bad load options for {model_id}: {exc}") from None
             except InvalidRequestError as exc:  # the server's settings, not the request
@@ -338,6 +340,7 @@ class ModelPool:
         except BaseException as exc:
             if self._entries.get(model_id) is entry:
                 del self._entries[model_id]
+            self._room_changed()
             message = str(exc) or type(exc).__name__
             self._emit(PoolEvent("failed", model_id, error=message))
             if not isinstance(exc, KronkError | asyncio.CancelledError):
@@ -353,9 +356,17 @@ class ModelPool:
         entry.progress = 1.0
         entry.loaded_at = time.time()
         entry.last_used = self._clock()
-        log.info("loaded %s (%d slots, n_ctx %d)", model_id, info.n_slots, info.n_ctx)
+        log.info(
+            "loaded %s (%d slots, n_ctx %d; memory estimated %s, measured %s)",
+            model_id,
+            info.n_slots,
+            info.n_ctx,
+            size_text(entry.planned_bytes),
+            size_text(entry.measured_bytes or 0),
+        )
         self._emit(PoolEvent("loaded", model_id, progress=1.0, kronk=kronk))
         self._wake.set()
+        self._room_changed()
         return kronk
 
     def _with_draft_path(self, model_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -376,13 +387,14 @@ class ModelPool:
             path = self.resolver.resolve(str(draft)).path  # ModelNotFoundError names the pull
         return {**kwargs, "draft_model": path}
 
-    async def _close_entry(self, entry: _Entry) -> None:
+    async def _close_entry(self, entry: Entry) -> None:
         kronk = entry.kronk
         entry.kronk = None
         if kronk is not None:
             await asyncio.to_thread(kronk.close)
             self._emit(PoolEvent("unloaded", entry.resolved.id))
             log.info("unloaded %s", entry.resolved.id)
+        self._room_changed()
 
     async def unload(self, name: str) -> bool:
         """Unload model `name` if it is loaded and idle. Returns whether it was unloaded."""
@@ -412,7 +424,7 @@ class ModelPool:
         self._wake.set()  # the reaper recomputes its next deadline
         return True
 
-    def _ttl(self, entry: _Entry) -> float | None:
+    def _ttl(self, entry: Entry) -> float | None:
         if entry.ttl is None:
             return self.ttl_seconds
         return entry.ttl if math.isfinite(entry.ttl) else None
@@ -468,74 +480,20 @@ class ModelPool:
         out: list[LoadedModel] = []
         now_wall, now = time.time(), self._clock()
         for entry in self._entries.values():
-            resolved = entry.resolved
-            last_used_wall = now_wall - (now - entry.last_used)
+            last_used = now_wall - (now - entry.last_used)
             if entry.kronk is None:
-                size = resolved.path.stat().st_size if resolved.path.exists() else 0
-                out.append(
-                    LoadedModel(
-                        id=resolved.id,
-                        path=str(resolved.path),
-                        status="loading",
-                        progress=entry.progress,
-                        slots=0,
-                        slots_in_use=0,
-                        queued=0,
-                        leases=entry.leases,
-                        size_bytes=size,
-                        kv_cache_bytes=0,
-                        memory_bytes=size,
-                        slot_tokens=[],
-                        slot_kv_bytes=[],
-                        n_ctx=0,
-                        requests_total=0,
-                        tokens_generated=0,
-                        capabilities=[],
-                        loaded_at=None,
-                        last_used=last_used_wall,
-                        expires_at=None,
-                    )
-                )
+                out.append(loading_snapshot(entry, last_used))
                 continue
-            stats = entry.kronk.stats()
-            size = entry.kronk.model.size_bytes
-            draft = getattr(entry.kronk, "draft_model", None)  # loaders in tests may lack it
-            draft_bytes = draft.size_bytes + stats.draft_model_bytes if draft is not None else 0
-            expires = None
             ttl = self._ttl(entry)
-            if ttl is not None and entry.leases == 0:
-                expires = last_used_wall + ttl
-            out.append(
-                LoadedModel(
-                    id=resolved.id,
-                    path=str(resolved.path),
-                    status="ready",
-                    progress=1.0,
-                    slots=stats.slots,
-                    slots_in_use=stats.slots_busy,
-                    queued=stats.queued,
-                    leases=entry.leases,
-                    size_bytes=size,
-                    kv_cache_bytes=stats.kv_cache_bytes,
-                    memory_bytes=size + stats.kv_cache_bytes + draft_bytes,
-                    slot_tokens=stats.slot_tokens,
-                    slot_kv_bytes=[int(n * stats.kv_bytes_per_token) for n in stats.slot_tokens],
-                    n_ctx=stats.n_ctx,
-                    requests_total=stats.requests_total,
-                    tokens_generated=stats.tokens_generated,
-                    capabilities=list(entry.capabilities),
-                    loaded_at=entry.loaded_at,
-                    last_used=last_used_wall,
-                    expires_at=expires,
-                    draft_model=str(draft.path) if draft is not None else None,
-                    draft_bytes=draft_bytes,
-                    draft_tokens=stats.draft_tokens,
-                    draft_accepted=stats.draft_accepted,
-                    slot_states=stats.slot_states,
-                )
-            )
+            expires = last_used + ttl if ttl is not None and entry.leases == 0 else None
+            out.append(ready_snapshot(entry, last_used, expires))
         out.sort(key=lambda m: m.last_used, reverse=True)
         return out
+
+    def memory(self) -> PoolMemory:
+        """The budget, what the models in the pool are estimated to take, and who waits."""
+        planned = sum(e.planned_bytes for e in self._entries.values())
+        return PoolMemory(self.memory_budget, planned, self._waiting)
 
     def lease_count(self) -> int:
         """Leases held over all models (requests in flight)."""
@@ -560,4 +518,4 @@ class ModelPool:
             await self._close_entry(entry)
 
 
-__all__ = ["LoadedModel", "ModelLease", "ModelPool", "PoolEvent", "PoolListener"]
+__all__ = ["ModelPool", "PoolEvent", "PoolListener", "PoolMemory"]

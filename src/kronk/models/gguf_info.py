@@ -1,7 +1,8 @@
 """What a GGUF file says about itself, read without loading it: for /api/tags and
 /api/show, which describe models that need not be loaded (and loading one could evict
-another). A header walk reads the metadata and the tensor shapes only (about 0.1 s on
-the default model, most of it the token list); results are cached per file version.
+another), and for the pool's memory estimate before a load (`kronk.pool.memory`). A
+header walk reads the metadata and the tensor shapes only (about 0.1 s on the default
+model, most of it the token list); results are cached per file version.
 Call `gguf_summary` from a worker thread.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import functools
 import mmap
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gguf.constants import LlamaFileType
@@ -30,6 +31,7 @@ _SCALARS = {
     12: "<d",
 }
 _STRING, _ARRAY = 8, 9
+_SHORT_ARRAY = 4096  # numeric arrays up to this long are kept (per-layer values)
 # Token texts llama.cpp recognises as fill-in-the-middle prefix tokens (llama-vocab.cpp).
 _FIM_PREFIXES = frozenset(
     {b"<|fim_prefix|>", b"<fim-prefix>", b"<fim_prefix>", b"<PRE>", b"\xe2\x96\x81<PRE>"}
@@ -47,6 +49,11 @@ class GGUFSummary:
     n_params: int
     has_fim: bool
     chat_template: str | None = None
+    # Bytes of tensor data (the weights): the file after its header, alignment included.
+    tensor_bytes: int = 0
+    n_vocab: int = 0  # tokens in the vocabulary
+    # Short numeric arrays (per-layer head counts, sliding-window patterns), by key.
+    arrays: dict[str, tuple[int | float | bool, ...]] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -106,6 +113,9 @@ class _Reader:
             return self.string()
         raise ValueError(f"unknown GGUF value type {kind}")
 
+    def numbers(self, kind: int, count: int) -> tuple[int | float | bool, ...]:
+        return tuple(self.unpack(_SCALARS[kind]) for _ in range(count))
+
     def strings(self, count: int) -> set[bytes]:
         return {self.raw_string() for _ in range(count)}
 
@@ -139,7 +149,9 @@ def _cached(path: Path, _size: int, _mtime_ns: int) -> GGUFSummary:
         r.pos = 8  # magic, version
         n_tensors, n_kv = r.u64(), r.u64()
         metadata: dict[str, Scalar] = {}
+        arrays: dict[str, tuple[int | float | bool, ...]] = {}
         has_fim = False
+        n_vocab = 0
         for _ in range(n_kv):
             key, kind = r.string(), r.u32()
             if kind != _ARRAY:
@@ -147,7 +159,14 @@ def _cached(path: Path, _size: int, _mtime_ns: int) -> GGUFSummary:
                 continue
             item = r.u32()
             if key == "tokenizer.ggml.tokens" and item == _STRING:
-                has_fim = not _FIM_PREFIXES.isdisjoint(r.strings(r.u64()))
+                n_vocab = r.u64()
+                has_fim = not _FIM_PREFIXES.isdisjoint(r.strings(n_vocab))
+            elif item in _SCALARS and not key.startswith("tokenizer."):
+                count = r.u64()
+                if count <= _SHORT_ARRAY:
+                    arrays[key] = r.numbers(item, count)
+                else:
+                    r.pos += struct.calcsize(_SCALARS[item]) * count
             else:
                 r.skip(item)
         n_params = 0
@@ -156,12 +175,19 @@ def _cached(path: Path, _size: int, _mtime_ns: int) -> GGUFSummary:
             dims = [r.u64() for _ in range(r.u32())]
             r.pos += 12  # type (u32) and offset (u64)
             n_params += functools.reduce(lambda a, b: a * b, dims, 1)
+        alignment = metadata.get("general.alignment", 32)
+        align = alignment if isinstance(alignment, int) and alignment > 0 else 32
+        data_start = -(-r.pos // align) * align
+        tensor_bytes = max(0, len(buf) - data_start)
     template = metadata.pop("tokenizer.chat_template", None)
     return GGUFSummary(
         metadata=metadata,
         n_params=n_params,
         has_fim=has_fim,
         chat_template=template if isinstance(template, str) else None,
+        tensor_bytes=tensor_bytes,
+        n_vocab=n_vocab,
+        arrays=arrays,
     )
 
 
