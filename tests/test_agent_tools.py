@@ -6,41 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpcore
 import pytest
 
 from kronk.agent.config import ToolsConfig, load_mcp_config, parse_mcp_servers
 from kronk.agent.registry import ToolRegistry
 from kronk.errors import InvalidRequestError
 from support.mcp_fixture import mcp_http_server, vault_code
-from support.web_fixture import Site, web_site
+from support.web_fixture import Site
 
 FIXTURE = Path(__file__).resolve().parent / "support" / "mcp_fixture.py"
 STDIO = {"command": sys.executable, "args": [str(FIXTURE), "stdio"]}
-
-
-@pytest.fixture(scope="module")
-def site() -> Iterator[Site]:
-    with web_site() as s:
-        yield s
-
-
-@pytest.fixture
-def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every host the fetcher actually opened a TCP connection to."""
-    seen: list[str] = []
-    real = httpcore.AnyIOBackend.connect_tcp
-
-    async def spy(self: Any, host: str, port: int, *args: Any, **kw: Any) -> Any:
-        seen.append(host)
-        return await real(self, host, port, *args, **kw)
-
-    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", spy)
-    return seen
 
 
 def _call(registry: ToolRegistry, name: str, args: dict[str, Any]) -> Any:
