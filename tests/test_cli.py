@@ -669,14 +669,22 @@ def test_ps_lists_what_a_running_server_has_loaded(home: Path, tiny_llama_path: 
     (loaded,) = as_json
     assert loaded["name"] == name and loaded["status"] == "ready"
     assert loaded["slots"] >= 1 and loaded["memory_bytes"] > 0
+    # Memory: the estimate it was loaded by (Ollama's size), the measured growth, the
+    # prompt cache (nothing saved yet for one short prompt) and its default budget.
+    assert loaded["size"] == loaded["memory_estimate"]["total"] > loaded["memory_bytes"]
+    assert loaded["memory_measured"] is not None  # RSS growth: tiny, maybe 0 in a warm process
+    assert (loaded["prompt_cache_bytes"], loaded["prompt_cache_budget"]) == (0, 2**30)
     assert loaded["requests_finished"] == 1 and loaded["tokens_per_second"] > 0
     assert table.exit_code == 0
     # Live stats included, and no column cut short to fit 80 characters.
     header, row = table.stdout.splitlines()[:2]
     assert header.split() == [
-        *("NAME", "STATUS", "SLOTS", "QUEUED", "MEMORY", "CONTEXT"),
+        *("NAME", "STATUS", "SLOTS", "QUEUED", "MEMORY", "RSS", "PCACHE", "CONTEXT"),
         *("TOK/S", "TTFT", "CACHE", "SPEC", "UNLOADS"),
     ]
+    assert re.search(
+        rf"{name}\s+ready\s+0/\d+\s+0\s+1\.\d GB\s+(-|[\d.]+ \w+)\s+0 bytes/1\.1 GB", row
+    )
     assert re.search(rf"{name}\s+ready\s+0/\d+.* s\s+\d+%\s+(-|\d+%)\s+in \d+ min", row)
     assert "…" not in table.stdout
 

@@ -527,7 +527,10 @@ def ps(
         console.print("no models loaded (the server loads a model on its first request)")
         return
     table = Table(box=None, header_style="bold", pad_edge=False)
-    columns: tuple[str, ...] = ("NAME", "STATUS", "SLOTS", "QUEUED", "MEMORY", "CONTEXT", "TOK/S")
+    # MEMORY: the estimate the pool loaded it by; RSS: what the load measured; PCACHE: the
+    # host prompt cache's bytes in use over its budget.
+    columns: tuple[str, ...] = ("NAME", "STATUS", "SLOTS", "QUEUED", "MEMORY", "RSS", "PCACHE")
+    columns += ("CONTEXT", "TOK/S")
     columns += ("TTFT", "CACHE", "SPEC")  # SPEC: accepted share of speculative draft tokens
     for column in (*columns, "UNLOADS"):
         table.add_column(column, no_wrap=True)
@@ -543,7 +546,10 @@ def ps(
             status,
             f"{m.get('slots_in_use', 0)}/{m.get('slots', 0)}",
             str(m.get("queued", 0)),
-            human_size(m.get("memory_bytes")),
+            human_size(m.get("size", m.get("memory_bytes"))),
+            human_size(m["memory_measured"]) if m.get("memory_measured") else "-",
+            f"{human_size(m.get('prompt_cache_bytes', 0))}/"
+            f"{human_size(m.get('prompt_cache_budget', 0))}",
             str(m.get("n_ctx", "-")),
             # Live stats: means over the latest requests; "-" until there are some.
             f"{m['tokens_per_second']:.1f}" if m.get("tokens_per_second") else "-",

@@ -31,12 +31,12 @@ from kronk.errors import (
 from kronk.llama import supports_gpu_offload
 from kronk.models.aliases import AliasResolver, is_glob
 from kronk.models.download import DownloadProgress
+from kronk.models.gguf_info import GGUFSummary, gguf_summary, parameter_size
 from kronk.models.resolver import ModelResolver, ResolvedModel
 from kronk.models.store import ModelStore
 from kronk.pool import LoadedModel, ModelPool
 from kronk.server.common import server_state
 from kronk.server.ollama.errors import error_message
-from kronk.models.gguf_info import GGUFSummary, gguf_summary, parameter_size
 from kronk.server.ollama.protocol import (
     CopyRequest,
     DeleteRequest,
@@ -248,14 +248,18 @@ async def ps(request: Request) -> dict[str, Any]:
     models = await loaded_models(request)
     if not may_see_paths(request):  # security.md: file paths only for `manage` callers
         models = [{k: v for k, v in m.items() if k != "path"} for m in models]
-    return {"models": models}
+    # kronk's own: the memory budget, what the models in the pool are estimated to take,
+    # and the requests waiting for room to load theirs.
+    return {"models": models, "memory": asdict(server_state(request).pool.memory())}
 
 
 async def loaded_models(request: Request) -> list[dict[str, Any]]:
     """Loaded (and loading) models in Ollama's shape, with kronk's own fields beside:
     slots in use, memory, last use, TTL expiry, and live stats (recent speeds, time to
     first token, prompt-cache hit ratio, KV cache use). `expires_at` stays kronk's
-    seconds since the epoch (null: busy, or kept for ever)."""
+    seconds since the epoch (null: busy, or kept for ever). `size` is the memory estimate
+    the pool loaded the model by (`memory_estimate`, part by part, beside the RSS growth
+    measured over the load, `memory_measured`); `size_vram` is 0 on a CPU build."""
     pool = server_state(request).pool
     live = request.app.state.telemetry.live()
     loaded = pool.loaded()
@@ -268,14 +272,15 @@ async def loaded_models(request: Request) -> list[dict[str, Any]]:
             path = Path(m.path)
             resolved = ResolvedModel(id=m.id, path=path)
             exists = path.is_file()
+            size = m.memory_estimate["total"] if m.memory_estimate else m.memory_bytes
             out.append(
                 {
                     "name": m.id,
                     "model": m.id,
-                    "size": m.memory_bytes,
+                    "size": size,
                     "digest": _digest(resolved, store) if exists else "",
                     "details": _details(_summary(path) if exists else None),
-                    "size_vram": m.memory_bytes if on_gpu else 0,
+                    "size_vram": size if on_gpu else 0,
                     "context_length": m.n_ctx,
                     **asdict(m),
                     **live.get(m.id, {}),
