@@ -3,7 +3,9 @@
 `EventStream` / `AsyncEventStream` yield `kronk.chat.events` as the engine produces
 them; closing one cancels its request and returns once its slot is free. The async
 stream prepares its request (template rendering, grammar building, tokenizing) in a
-worker thread when it starts, so a long prompt never stalls an event loop.
+worker thread when it starts, so a long prompt never stalls an event loop. Events reach
+an event loop through one `_Inbox` per loop, which wakes the loop once per burst (one
+engine step) for all its streams, rather than once per token per stream.
 `ChatStream`, `CompletionStream` and their async twins wrap an event stream with an
 OpenAI builder from `kronk.openai_objects`.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Generic, Protocol, Self, TypeVar
 
@@ -45,7 +49,7 @@ class _Cursor:
 
     def take(self, event: Event, handle: RequestHandle) -> None:
         self.done = _is_last(event)
-        self.pending = self.turn.on_event(event)
+        self.pending += self.turn.on_event(event)
         if self.turn.wants_stop and not self.done and not self._stopping:
             self._stopping = True  # the rest of the output would be ignored: stop it
             self.turn.stop_early()
@@ -76,10 +80,13 @@ class EventStream:
         return cursor.pending.pop(0)
 
     def next_batch(self) -> list[ChatEvent]:
-        """The events of the engine's next step (empty at the end)."""
+        """The events that arrived since the last call, waiting for at least one (empty
+        at the end)."""
         cursor = self._cursor
         while not cursor.pending and not cursor.done:
             cursor.take(self._events.get(), self._handle)
+            while not cursor.done and not self._events.empty():
+                cursor.take(self._events.get_nowait(), self._handle)
         batch, cursor.pending = cursor.pending, []
         return batch
 
@@ -110,8 +117,9 @@ class AsyncEventStream:
         self._prepare: Prepare | None = prepare
         self._cursor: _Cursor | None = None
         self._handle: RequestHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._inbox: _Inbox | None = None
+        self._arrived: list[Event] = []  # handed over by the inbox, not yet read
+        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def turn(self) -> Turn:
@@ -122,14 +130,30 @@ class AsyncEventStream:
         if self._prepare is None:
             return
         prepare, self._prepare = self._prepare, None
-        self._loop = asyncio.get_running_loop()
+        self._inbox = _Inbox.of(asyncio.get_running_loop())
         request, turn = await asyncio.to_thread(prepare)
         self._cursor = _Cursor(turn)
         self._handle = self._engine.submit(request, self._put)
 
-    def _put(self, event: Event) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+    def _put(self, event: Event) -> None:  # the engine thread
+        assert self._inbox is not None
+        self._inbox.put(self, event)
+
+    def _arrive(self, events: list[Event]) -> None:  # the loop, from the inbox
+        self._arrived += events
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _take_arrived(self) -> list[Event]:
+        """Every event handed over so far, waiting for one if there is none."""
+        while not self._arrived:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        events, self._arrived = self._arrived, []
+        return events
 
     def __aiter__(self) -> AsyncIterator[ChatEvent]:
         return self
@@ -141,18 +165,23 @@ class AsyncEventStream:
         while not cursor.pending:
             if cursor.done:
                 raise StopAsyncIteration
-            cursor.take(await self._events.get(), self._handle)
+            await self._read(cursor, self._handle)
         return cursor.pending.pop(0)
 
     async def next_batch(self) -> list[ChatEvent]:
-        """The events of the engine's next step (empty at the end)."""
+        """The events that arrived since the last call (usually one engine step's),
+        waiting for at least one (empty at the end)."""
         await self.start()
         cursor = self._cursor
         assert cursor is not None and self._handle is not None
         while not cursor.pending and not cursor.done:
-            cursor.take(await self._events.get(), self._handle)
+            await self._read(cursor, self._handle)
         batch, cursor.pending = cursor.pending, []
         return batch
+
+    async def _read(self, cursor: _Cursor, handle: RequestHandle) -> None:
+        for event in await self._take_arrived():
+            cursor.take(event, handle)
 
     async def aclose(self) -> None:
         self._prepare = None  # never started: nothing to cancel
@@ -161,7 +190,7 @@ class AsyncEventStream:
             return
         handle.cancel()
         while not cursor.done:
-            cursor.done = _is_last(await self._events.get())
+            cursor.done = any(map(_is_last, await self._take_arrived()))
 
     async def __aenter__(self) -> Self:
         return self
@@ -173,6 +202,56 @@ class AsyncEventStream:
         cursor, handle = getattr(self, "_cursor", None), getattr(self, "_handle", None)
         if cursor is not None and handle is not None and not cursor.done:
             handle.cancel()
+
+
+class _Inbox:
+    """Events from the engine thread to the streams of one event loop.
+
+    The first event of a burst schedules one drain on the loop (one self-pipe write);
+    events that come before it runs join that drain. The engine emits a step's events
+    for all its streams while it holds the GIL, so the loop wakes about once a step.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # held weakly: the inbox must not keep a loop alive
+        self._lock = threading.Lock()
+        self._items: list[tuple[AsyncEventStream, Event]] = []
+
+    @staticmethod
+    def of(loop: asyncio.AbstractEventLoop) -> _Inbox:
+        with _INBOXES_LOCK:
+            inbox = _INBOXES.get(loop)
+            if inbox is None:
+                inbox = _INBOXES[loop] = _Inbox(loop)
+            return inbox
+
+    def put(self, stream: AsyncEventStream, event: Event) -> None:
+        with self._lock:
+            self._items.append((stream, event))
+            if len(self._items) > 1:
+                return  # a drain is already scheduled
+        try:
+            loop = self._loop()
+            if loop is None:
+                raise RuntimeError("the event loop is gone")
+            loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: nobody will read these
+            with self._lock:
+                self._items.clear()
+            raise
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        by_stream: dict[AsyncEventStream, list[Event]] = {}
+        for stream, event in items:
+            by_stream.setdefault(stream, []).append(event)
+        for stream, events in by_stream.items():
+            stream._arrive(events)
+
+
+_INBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
+_INBOXES_LOCK = threading.Lock()
 
 
 class _Builder(Protocol[T, R_co]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kronk.engine.speculative import SpeculativeConfig
-from kronk.llama import ContextParams, LlamaContext, LlamaModel
+from kronk.llama import Batch, ContextParams, LlamaContext, LlamaModel
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ class EngineStats:
 
 
 def generation_context(model: LlamaModel, config: EngineConfig) -> LlamaContext:
-    """The context the slots share. One KV stream per slot (kv_unified=False): each
-    request gets the full n_ctx window and sequences never share attention buffers."""
-    return LlamaContext(
+    """The context the slots share, warmed up. One KV stream per slot (kv_unified=False):
+    each request gets the full n_ctx window and sequences never share attention buffers."""
+    ctx = LlamaContext(
         model,
         ContextParams(
             n_ctx=config.n_ctx * config.n_seq_max,
@@ -96,3 +96,24 @@ def generation_context(model: LlamaModel, config: EngineConfig) -> LlamaContext:
             kv_unified=False,
         ),
     )
+    try:
+        warm_up(ctx, model)
+    except BaseException:
+        ctx.close()
+        raise
+    return ctx
+
+
+def warm_up(ctx: LlamaContext, model: LlamaModel) -> None:
+    """Decode two tokens once and forget them, as llama-server does when it starts: the
+    first pass pages the weights in from the mapped file and sets up the compute graph,
+    which would otherwise fall on the first request's time to first token."""
+    special = model.vocab.special
+    tokens = [t for t in (special.bos, special.eos) if t is not None] or [0]
+    batch = Batch(len(tokens), 1)
+    try:
+        batch.add_sequence(tokens, 0, 0, output_last=True)
+        ctx.decode(batch)
+    finally:
+        batch.close()
+        ctx.clear_memory()

@@ -121,6 +121,10 @@ def sum_usage(usages: Sequence[CompletionUsage], *, same_prompt: bool) -> Comple
 
 async def merge(streams: Sequence[AsyncEventStream]) -> AsyncIterator[tuple[int, list[ChatEvent]]]:
     """The event batches of several streams as they come, each with its stream's index."""
+    if len(streams) == 1:  # the usual case: no task and no wait per batch
+        async for batch in batches(streams[0]):
+            yield 0, batch
+        return
     iterators = [batches(s) for s in streams]
     pending: dict[asyncio.Future[list[ChatEvent]], int] = {
         asyncio.ensure_future(anext(it)): i for i, it in enumerate(iterators)
@@ -191,11 +195,13 @@ async def _stream_choices(
             for chunk in builder.first_chunks():
                 yield sse(chunk_json(chunk, include_usage))
         async for index, batch in merge(streams):
-            for chunk in builders[index].on_events(batch):
+            chunks = builders[index].on_events(batch)
+            for chunk in chunks:
                 last = chunk
                 if chunk.usage is not None:
                     usages.append(chunk.usage)
-                yield sse(chunk_json(chunk, include_usage))
+            if chunks:  # one write per engine step, however many chunks it made
+                yield b"".join(sse(chunk_json(chunk, include_usage)) for chunk in chunks)
         if include_usage and last is not None and usages:
             yield sse(usage_chunk(last, sum_usage(usages, same_prompt=same_prompt)))
     except KronkError as exc:
