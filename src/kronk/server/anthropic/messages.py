@@ -6,7 +6,9 @@ content block `content_block_start`, its deltas and `content_block_stop`, then
 `message_delta` (stop reason, output tokens) and `message_stop`. Blocks are sequential:
 a new kind of output (thinking, text, a tool call) closes the block before it.
 A thinking block ends with a `signature_delta`, as Claude Code keeps only signed
-thinking blocks in its history.
+thinking blocks in its history. A call kronk runs itself (docs/tools.md) is a block whose
+input comes as one `input_json_delta`, its result a block sent whole at
+`content_block_start` (tool_blocks.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from kronk.chat.events import (
     ChatEvent,
     ContentDelta,
     ReasoningDelta,
+    ServerToolCall,
+    ServerToolResult,
     StopReason,
     ToolCallArgumentsDelta,
     ToolCallEnd,
@@ -31,6 +35,7 @@ from kronk.chat.events import (
     TurnFinished,
     TurnStarted,
 )
+from kronk.server.anthropic.tool_blocks import call_block, parse_input, result_block, tool_use_id
 
 _STOP_REASONS: dict[StopReason, str] = {
     "end": "end_turn",
@@ -50,30 +55,20 @@ def thinking_signature(text: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def tool_use_id(call_id: str) -> str:
-    """Anthropic's id for a tool call (`toolu_...`), stable for the same call."""
-    return "toolu_" + call_id.removeprefix("call_")
-
-
-def _parse_input(arguments: str) -> dict[str, Any]:
-    try:
-        value = json.loads(arguments) if arguments.strip() else {}
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {"value": value}
-
-
 class MessageBuilder:
     """Feed it a turn's events; it returns the stream events they make (`on_events`) and
-    keeps the whole message (`message()`)."""
+    keeps the whole message (`message()`). `server_usage`, where the request has
+    web_search or web_fetch, is the count of their requests (Anthropic's
+    `usage.server_tool_use`), kept up to date by whoever runs them."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, server_usage: dict[str, int] | None = None) -> None:
         self.id = f"msg_{uuid.uuid4().hex}"
         self.model = model
         self.content: list[dict[str, Any]] = []
         self._open: dict[str, Any] | None = None  # the block being written
         self._open_key: str | None = None  # "thinking" | "text" | "call:N"
-        self.usage: dict[str, int] = {
+        self.server_usage = server_usage
+        self.usage: dict[str, Any] = {
             "input_tokens": 0,
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
@@ -94,8 +89,14 @@ class MessageBuilder:
             "content": self.content,
             "stop_reason": self.stop_reason,
             "stop_sequence": self.stop_sequence,
-            "usage": dict(self.usage),
+            "usage": self._usage(),
         }
+
+    def _usage(self) -> dict[str, Any]:
+        usage = dict(self.usage)
+        if self.server_usage is not None:
+            usage["server_tool_use"] = dict(self.server_usage)
+        return usage
 
     # -- events --
 
@@ -119,8 +120,12 @@ class MessageBuilder:
                 out += self._call_arguments(event)
             elif isinstance(event, ToolCallEnd):
                 if self._open_key == f"call:{event.index}" and self._open is not None:
-                    self._open["input"] = _parse_input(event.arguments)
+                    self._open["input"] = parse_input(event.arguments)
                 out += self._close()
+            elif isinstance(event, ServerToolCall):
+                out += self._server_call(event)
+            elif isinstance(event, ServerToolResult):
+                out += self._open_block(f"result:{event.id}", result_block(event)) + self._close()
             elif isinstance(event, TurnFinished):
                 out += self._finish(event)
         return out
@@ -134,7 +139,7 @@ class MessageBuilder:
             for k, v in block.items()
             if not k.startswith("_")
         }
-        if block["type"] == "tool_use":
+        if "input" in block:  # a call's input comes in deltas
             started["input"] = {}
         index = len(self.content) - 1
         return [*events, {"type": "content_block_start", "index": index, "content_block": started}]
@@ -157,6 +162,16 @@ class MessageBuilder:
         block["_arguments"] = ""  # the JSON text so far; dropped when the block closes
         return self._open_block(f"call:{call.index}", block)
 
+    def _server_call(self, call: ServerToolCall) -> list[dict[str, Any]]:
+        """A call kronk runs: its block, the whole input as one delta, closed."""
+        block = call_block(call)
+        events = self._open_block(f"server:{call.id}", block)
+        if block["input"]:
+            arguments = json.dumps(block["input"], ensure_ascii=False)
+            delta = {"type": "input_json_delta", "partial_json": arguments}
+            events.append({"type": "content_block_delta", "index": self._index(), "delta": delta})
+        return events + self._close()
+
     def _call_arguments(self, delta: ToolCallArgumentsDelta) -> list[dict[str, Any]]:
         if self._open_key != f"call:{delta.index}" or self._open is None or not delta.arguments:
             return []
@@ -177,7 +192,7 @@ class MessageBuilder:
         elif block["type"] == "tool_use":
             arguments = block.pop("_arguments")
             if not block["input"]:
-                block["input"] = _parse_input(arguments)
+                block["input"] = parse_input(arguments)
         events.append({"type": "content_block_stop", "index": index})
         self._open = self._open_key = None
         return events
@@ -192,19 +207,14 @@ class MessageBuilder:
         events = self._close()
         self.stop_reason = _STOP_REASONS[finished.reason]
         self.stop_sequence = finished.stop_sequence
-        self.usage["output_tokens"] = finished.usage.completion_tokens
-        if not self.usage["input_tokens"] and not self.usage["cache_read_input_tokens"]:
-            usage = finished.usage  # never admitted (cancelled in the queue)
-            self.usage["input_tokens"] = usage.prompt_tokens - usage.cached_tokens
-            self.usage["cache_read_input_tokens"] = usage.cached_tokens
+        usage = finished.usage  # every turn's, where kronk ran tools between turns
+        self.usage["output_tokens"] = usage.completion_tokens
+        self.usage["input_tokens"] = usage.prompt_tokens - usage.cached_tokens
+        self.usage["cache_read_input_tokens"] = usage.cached_tokens
         delta = {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence}
-        events.append(
-            {
-                "type": "message_delta",
-                "delta": delta,
-                "usage": {"output_tokens": self.usage["output_tokens"]},
-            }
-        )
+        # Cumulative totals, which clients put in place of message_start's.
+        totals = {k: v for k, v in self._usage().items() if k != "cache_creation_input_tokens"}
+        events.append({"type": "message_delta", "delta": delta, "usage": totals})
         events.append({"type": "message_stop"})
         return events
 

@@ -4,8 +4,9 @@ Fields follow Anthropic's API reference. Sampling maps onto kronk's one declarat
 (`kronk.options.SamplingOptions`): `max_tokens`, `temperature`, `top_p`, `top_k` and
 `stop_sequences` (-> `stop`). Fields kronk has no use for (`metadata`, `cache_control`,
 `service_tier`, beta fields) are accepted and ignored, as the API's clients send them
-freely; what kronk cannot do (images on a text model, documents, server tools) is
-refused with a 400 that says so.
+freely; what kronk cannot do (images on a text model, documents) is refused with a 400
+that says so. Server tools (`web_search_20250305`, `web_fetch_20250910`) and the MCP
+connector's `mcp_servers` are read here and checked in server_tools.py.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kronk.agent.registry import SEPARATOR
 from kronk.errors import InvalidRequestError, UnsupportedFeatureError
 from kronk.options import SAMPLER_FIELDS
+from kronk.server.anthropic.tool_blocks import server_result_text
 from kronk.server.body import check_body
 
 
@@ -58,6 +61,29 @@ class ToolUseBlock(Lenient):
     input: dict[str, Any]
 
 
+class McpToolUseBlock(Lenient):
+    type: Literal["mcp_tool_use"]
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    server_name: str = Field(min_length=1)
+    input: dict[str, Any]
+
+
+class ServerToolResultBlock(Lenient):
+    """What a server tool gave back, as an earlier answer showed it."""
+
+    type: Literal["web_search_tool_result", "web_fetch_tool_result"]
+    tool_use_id: str = Field(min_length=1)
+    content: Any
+
+
+class McpToolResultBlock(Lenient):
+    type: Literal["mcp_tool_result"]
+    tool_use_id: str = Field(min_length=1)
+    content: str | list[TextBlock] | None = None
+    is_error: bool | None = None
+
+
 class ToolResultBlock(Lenient):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1)
@@ -73,7 +99,15 @@ class ThinkingBlock(Lenient):
 
 
 ContentBlock = Annotated[
-    TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock,
+    TextBlock
+    | ImageBlock
+    | DocumentBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ThinkingBlock
+    | McpToolUseBlock
+    | ServerToolResultBlock
+    | McpToolResultBlock,
     Field(discriminator="type"),
 ]
 
@@ -84,10 +118,38 @@ class Message(Lenient):
 
 
 class Tool(Lenient):
+    """A client tool (`type` "custom" or absent, with an `input_schema`) or a server tool
+    (`web_search_20250305`, `web_fetch_20250910`, with the fields below; checked in
+    server_tools.py)."""
+
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
-    input_schema: dict[str, Any]
-    type: str | None = None  # "custom" (or absent) for a client tool
+    input_schema: dict[str, Any] | None = None
+    type: str | None = None
+    max_uses: Any = None
+    allowed_domains: Any = None
+    blocked_domains: Any = None
+    max_content_tokens: Any = None
+    user_location: dict[str, Any] | None = None  # accepted and ignored
+
+    @property
+    def is_server(self) -> bool:
+        return self.type not in (None, "custom")
+
+
+class McpToolConfiguration(Lenient):
+    enabled: bool | None = None
+    allowed_tools: list[str] | None = None
+
+
+class McpServer(Lenient):
+    """An entry of `mcp_servers` (Anthropic's MCP connector)."""
+
+    type: str
+    url: str
+    name: str = Field(min_length=1)
+    authorization_token: str | None = None
+    tool_configuration: McpToolConfiguration | None = None
 
 
 class ToolChoice(Lenient):
@@ -121,6 +183,10 @@ class MessagesRequest(AnthropicBody):
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
     metadata: dict[str, Any] | None = None  # accepted and ignored
+    mcp_servers: list[McpServer] | None = None
+
+    def has_server_tools(self) -> bool:
+        return bool(self.mcp_servers) or any(t.is_server for t in self.tools or ())
 
     def kronk_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `Kronk.achat_events` besides the messages."""
@@ -144,21 +210,21 @@ class MessagesRequest(AnthropicBody):
         return kwargs
 
     def chat_tools(self) -> list[dict[str, Any]] | None:
-        if not self.tools:
-            return None
+        """The client tools (server tools are added by the tool loop)."""
         out = []
-        for i, tool in enumerate(self.tools):
-            if tool.type not in (None, "custom"):
-                raise UnsupportedFeatureError(
-                    f"tools[{i}]: server tool {tool.type!r} is not supported; send client "
-                    "tools with an input_schema",
-                    f"tools[{i}].type",
+        for i, tool in enumerate(self.tools or ()):
+            if tool.is_server:
+                continue
+            if tool.input_schema is None:
+                raise InvalidRequestError(
+                    f"tools[{i}] needs an input_schema (or the type of a server tool)",
+                    f"tools[{i}].input_schema",
                 )
             function: dict[str, Any] = {"name": tool.name, "parameters": tool.input_schema}
             if tool.description:
                 function["description"] = tool.description
             out.append({"type": "function", "function": function})
-        return out
+        return out or None
 
     def chat_tool_choice(self, tools: list[dict[str, Any]] | None) -> dict[str, Any]:
         choice = self.tool_choice
@@ -168,7 +234,8 @@ class MessagesRequest(AnthropicBody):
             out["parallel_tool_calls"] = False
         if choice.type == "auto":
             return out
-        if not tools and choice.type != "none":
+        server = self.has_server_tools()
+        if not tools and not server and choice.type != "none":
             raise InvalidRequestError(f"tool_choice {choice.type!r} needs tools", "tool_choice")
         if choice.type == "any":
             out["tool_choice"] = "required"
@@ -178,7 +245,8 @@ class MessagesRequest(AnthropicBody):
             if not choice.name:
                 raise InvalidRequestError("tool_choice of type 'tool' needs a name", "tool_choice")
             names = {t["function"]["name"] for t in tools or ()}
-            if choice.name not in names:
+            # A server tool's name is checked once the server tools are known.
+            if choice.name not in names and not server:
                 raise InvalidRequestError(
                     f"tool_choice names {choice.name!r}, which is not in tools", "tool_choice"
                 )
@@ -204,7 +272,7 @@ class MessagesRequest(AnthropicBody):
             if message.role == "user":
                 out += _user_messages(message.content, where)
             else:
-                out.append(_assistant_message(message.content, where))
+                out += _assistant_messages(message.content, where)
         return _merge_roles(out)
 
 
@@ -257,7 +325,7 @@ def _user_messages(content: str | list[Any], where: str) -> list[dict[str, Any]]
     return results
 
 
-def _tool_result_text(block: ToolResultBlock, where: str) -> str:
+def _tool_result_text(block: ToolResultBlock | McpToolResultBlock, where: str) -> str:
     if block.content is None:
         text = ""
     elif isinstance(block.content, str):
@@ -273,29 +341,55 @@ def _tool_result_text(block: ToolResultBlock, where: str) -> str:
     return f"Error: {text}" if block.is_error else text
 
 
-def _assistant_message(content: str | list[Any], where: str) -> dict[str, Any]:
+def _assistant_messages(content: str | list[Any], where: str) -> list[dict[str, Any]]:
+    """An assistant turn. Where kronk ran tools inside it (result blocks in the turn), it
+    splits as the model saw it: the calls, their results as tool messages, then what the
+    model wrote next."""
     if isinstance(content, str):
-        return {"role": "assistant", "content": content}
+        return [{"role": "assistant", "content": content}]
+    out: list[dict[str, Any]] = []
+    part: list[tuple[Any, str]] = []
+    results: list[dict[str, Any]] = []
+    for j, block in enumerate(content):
+        at = f"{where}.content[{j}]"
+        if isinstance(block, ServerToolResultBlock | McpToolResultBlock):
+            text = (
+                _tool_result_text(block, at)
+                if isinstance(block, McpToolResultBlock)
+                else server_result_text(block.type, block.content, at)
+            )
+            results.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": text})
+            continue
+        if results:
+            out += [_assistant_part(part), *results]
+            part, results = [], []
+        part.append((block, at))
+    if part or not results:
+        out.append(_assistant_part(part))
+    return out + results
+
+
+def _assistant_part(blocks: list[tuple[Any, str]]) -> dict[str, Any]:
     texts: list[str] = []
     thinking: list[str] = []
     calls: list[dict[str, Any]] = []
-    for j, block in enumerate(content):
+    for block, at in blocks:
         if isinstance(block, TextBlock):
             texts.append(block.text)
         elif isinstance(block, ThinkingBlock):
             if block.thinking:
                 thinking.append(block.thinking)
-        elif isinstance(block, ToolUseBlock):
+        elif isinstance(block, ToolUseBlock | McpToolUseBlock):
+            name = block.name  # as the model called it: SERVER__TOOL for MCP tools
+            if isinstance(block, McpToolUseBlock):
+                name = f"{block.server_name}{SEPARATOR}{block.name}"
             arguments = json.dumps(block.input, ensure_ascii=False)
             calls.append(
-                {
-                    "id": block.id,
-                    "type": "function",
-                    "function": {"name": block.name, "arguments": arguments},
-                }
-            )
+                {"id": block.id, "type": "function",
+                 "function": {"name": name, "arguments": arguments}}
+            )  # fmt: skip
         else:
-            _refuse_block(block, f"{where}.content[{j}]")
+            _refuse_block(block, at)
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
     if calls:
         message["tool_calls"] = calls

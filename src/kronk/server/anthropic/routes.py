@@ -1,7 +1,8 @@
 """Serving logic of the Anthropic Messages API: `/v1/messages` (plain and streamed) and
 `/v1/messages/count_tokens`. Query strings such as `?beta=true` are accepted; both
 `x-api-key` and `Authorization: Bearer` are accepted (and checked by the security
-layer, when one is configured); every response carries a `request-id` header."""
+layer, when one is configured); every response carries a `request-id` header. A request
+with server tools or MCP servers runs as a tool loop (server_tools.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,16 @@ from kronk.errors import KronkError
 from kronk.server.anthropic.errors import error_body, render
 from kronk.server.anthropic.messages import MessageBuilder
 from kronk.server.anthropic.protocol import CountTokensRequest, MessagesRequest
-from kronk.server.common import acquire, answer, batches, start_chat, streamed
+from kronk.server.anthropic.server_tools import requested_tools, tool_loop
+from kronk.server.common import (
+    acquire,
+    answer,
+    batches,
+    server_state,
+    start_all,
+    start_chat,
+    streamed,
+)
 from kronk.server.errors import protocol_route
 from kronk.server.sse import (
     CLIENT_CLOSED,
@@ -34,8 +44,18 @@ PING = sse({"type": "ping"}, "ping")
 async def messages(body: MessagesRequest, request: Request) -> Response:
     chat_messages = body.chat_messages()
     kwargs = body.kronk_kwargs()
-    lease, stream = await start_chat(request, body.model, chat_messages, kwargs)
-    builder = MessageBuilder(lease.model_id)
+    state = server_state(request)
+    wanted = requested_tools(body, state.tools)
+    server_usage: dict[str, int] | None = None
+    stream: AsyncEventStream
+    if wanted:
+        lease = await acquire(request, body.model, "chat")
+        stream, runner = await tool_loop(request, state, lease, chat_messages, kwargs, wanted)
+        await start_all([stream], lease)
+        server_usage = runner.usage if wanted.builtins else None
+    else:
+        lease, stream = await start_chat(request, body.model, chat_messages, kwargs)
+    builder = MessageBuilder(lease.model_id, server_usage)
     if body.stream:
         return streamed(request, _message_events(stream, builder), PING, [stream], lease)
     events = await answer(request, stream, lease)
