@@ -22,6 +22,7 @@ class ServerState:
     draining: bool = False  # shutting down: new requests get 503, in-flight ones finish
     inflight: int = 0  # HTTP requests (and streams) being served
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
+    drain_started: asyncio.Event = field(default_factory=asyncio.Event)  # set with draining
     # Server-side tools (docs/tools.md): MCP servers start on first use, stop with it.
     tools: ToolRegistry = field(default_factory=ToolRegistry)
 
@@ -40,6 +41,7 @@ class ServerState:
 
     def begin_drain(self) -> None:
         self.draining = True
+        self.drain_started.set()
         if self.inflight == 0:
             self._idle.set()
 

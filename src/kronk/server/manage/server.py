@@ -4,6 +4,7 @@ slots, KV cache and idle-unload countdown, and the server's settings and build."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -134,10 +135,14 @@ async def running_events(request: Request, interval: float = 1.0) -> EventStream
     so the Running page's countdowns and slots stay live without polling."""
     interval = min(60.0, max(0.2, interval))
 
+    state = server_state(request)
+
     async def snapshots() -> AsyncIterator[bytes]:
-        while True:
+        # Ends when the server drains: an open page must not hold up a shutdown.
+        while not state.draining:
             yield sse(await running(request), event="running")
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.drain_started.wait(), interval)
 
     async def nothing() -> None:
         return None
