@@ -5,8 +5,9 @@
 Three workloads, all greedy, streamed over HTTP by the same client, timed from the first
 to the last token (tokens after the first over that time):
 - edit: "rewrite this ~100-line file with one class renamed" (src/kronk/engine/stops.py),
-  single stream, on the default 0.5B model: kronk `--spec off` / `--spec ngram` against
-  llama-server plain and with each n-gram `--spec-type` it has;
+  single stream, on the default 0.5B model: kronk `--spec off` / `--spec ngram` (the
+  anchored drafter) / `--spec ngram-simple` against llama-server plain and with each
+  n-gram `--spec-type` it has;
 - chat: a free question to the 1.5B Qwen coder, single stream: kronk `--spec off`,
   `--spec auto` (n-gram) and `--spec draft` (the 0.5B drafts) against llama-server plain
   and with the 0.5B as `--model-draft`;
@@ -315,7 +316,9 @@ def best(sides: dict[str, Side], prefix: str) -> Side | None:
 def main() -> int:
     parser = bench_arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
-    parser.add_argument("--draft-max", type=int, default=16, help="kronk --draft-max (16)")
+    parser.add_argument(
+        "--draft-max", type=int, default=64, help="kronk --draft-max, llama-server's draft (64)"
+    )
     parser.add_argument("--edit-tokens", type=int, default=1200)
     parser.add_argument("--chat-tokens", type=int, default=256)
     parser.add_argument(
@@ -339,11 +342,15 @@ def main() -> int:
             "edit: rewrite a 109-line file with a class renamed, 1 stream, 0.5B",
             small,
             [(edit_messages(), args.edit_tokens)],
-            {"kronk off": ["--spec", "off"], "kronk ngram": ["--spec", "ngram", *draft_max]},
+            {
+                "kronk off": ["--spec", "off"],
+                "kronk ngram": ["--spec", "ngram", *draft_max],
+                "kronk ngram-simple": ["--spec", "ngram-simple", *draft_max],
+            },
             {
                 "llama-server plain": [],
                 **{
-                    f"llama-server {t}": ["--spec-type", t]  # its defaults: drafts up to 48
+                    f"llama-server {t}": ["--spec-type", t]  # its defaults (see the preamble)
                     for t in ngram_types
                 },
             },
@@ -400,8 +407,9 @@ def main() -> int:
     lines = [
         *section_preamble("speculative", small, args.threads, watch),
         f"- greedy, streamed chat completions, {args.rounds} round(s); kronk `--draft-max "
-        f"{args.draft_max}` (adaptive); llama-server's n-gram modes at their defaults (drafts "
-        f"up to 48), its draft model with `--spec-draft-n-max {args.draft_max}`",
+        f"{args.draft_max}` (adaptive); llama-server's n-gram modes at their defaults "
+        "(ngram-simple: 12-token match, drafts of 48; ngram-mod: 24-token match, drafts of "
+        f"48-64), its draft model with `--spec-draft-n-max {args.draft_max}`",
         "",
     ]
     for key in chosen:

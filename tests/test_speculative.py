@@ -36,6 +36,7 @@ from support.tiny_gguf import write_tiny_llama
 GREEDY = SamplingParams(temperature=0)
 OFF = SpeculativeConfig(mode="off")
 ALWAYS = SpeculativeConfig(mode="ngram", adaptive=False)  # every n-gram draft is verified
+SIMPLE = SpeculativeConfig(mode="ngram-simple", adaptive=False)  # the 4-token lookup
 AUTO = SpeculativeConfig()
 
 
@@ -139,7 +140,7 @@ def test_greedy_output_is_token_identical_with_and_without_speculation(
     tiny: LlamaModel,
 ) -> None:
     drafted = accepted = 0
-    for spec in (ALWAYS, AUTO):
+    for spec in (ALWAYS, SIMPLE, AUTO):
         engine = make_engine(tiny, spec)
         try:
             for text in PROMPTS:
@@ -431,16 +432,16 @@ def test_shared_ngrams_draft_across_requests(tiny: LlamaModel) -> None:
 def test_the_sdk_takes_speculative_and_reports_drafts(tiny_llama_path: Path) -> None:
     text = PROMPTS[0]
     outputs = {}
-    for mode in ("off", "ngram"):
+    for mode in ("off", "ngram", "ngram-simple"):
         with Kronk(tiny_llama_path, n_ctx=256, n_seq_max=1, speculative=mode) as k:
             resp = k.complete(text, max_tokens=48, temperature=0)
             outputs[mode] = resp.choices[0].text
             assert resp.usage is not None
-            assert (resp.usage.draft_tokens > 0) == (mode == "ngram")
+            assert (resp.usage.draft_tokens > 0) == (mode != "off")
             assert resp.usage.draft_accepted <= resp.usage.draft_tokens
-            assert (k.stats().draft_tokens > 0) == (mode == "ngram")
+            assert (k.stats().draft_tokens > 0) == (mode != "off")
             # The per-request switch, as the protocols pass it: the same text, no drafts.
             alone = k.complete(text, max_tokens=48, temperature=0, speculative=False)
             assert alone.usage is not None and alone.usage.draft_tokens == 0
             assert alone.choices[0].text == resp.choices[0].text
-    assert outputs["off"] == outputs["ngram"]
+    assert outputs["off"] == outputs["ngram"] == outputs["ngram-simple"]
