@@ -27,8 +27,8 @@ from kronk.engine.request import Admitted, Finished, TextDelta, Usage
 from kronk.errors import InvalidRequestError
 from kronk.openai_objects import ChatCompletionBuilder
 from kronk.server.anthropic.messages import MessageBuilder
-from kronk.server.openai.protocol import ResponsesRequest
 from kronk.server.openai.responses import ResponseBuilder
+from kronk.server.openai.responses_params import ResponsesRequest
 
 USER = [{"role": "user", "content": "hello"}]
 USAGE = Usage(12, 30, 4, 0.0, 0.0, 0.0, 0.0)

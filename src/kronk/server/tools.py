@@ -55,13 +55,17 @@ def requested_tool_name(entry: dict[str, Any]) -> str:
                 "not accepted",
                 "tools",
             )
-        approval = entry.get("require_approval", "never")
-        if approval != "never":
-            raise InvalidRequestError(
-                "require_approval must be 'never': kronk has no approval round trip", "tools"
-            )
+        check_approval(entry.get("require_approval"))
         return f"mcp:{label}"
     raise InvalidRequestError(f"unknown tool type {kind!r}", "tools")
+
+
+def check_approval(approval: Any) -> None:
+    """An mcp tool's `require_approval`: only "never" (or none given) is accepted."""
+    if approval not in (None, "never"):
+        raise InvalidRequestError(
+            "require_approval must be 'never': kronk has no approval round trip", "tools"
+        )
 
 
 def requested_tool_names(entries: Sequence[dict[str, Any]]) -> list[str]:
@@ -154,6 +158,7 @@ async def chat_streams(
 
 __all__ = [
     "SERVER_TOOL_TYPES",
+    "check_approval",
     "chat_streams",
     "may_get_tools",
     "remote_mcp_tools",

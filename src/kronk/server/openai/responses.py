@@ -4,6 +4,7 @@ and its token count (`/v1/responses/input_tokens`)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -12,10 +13,13 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from kronk.agent.registry import ToolSpec
 from kronk.chat.events import (
     ChatEvent,
     ContentDelta,
     ReasoningDelta,
+    ServerToolCall,
+    ServerToolResult,
     ToolCallArgumentsDelta,
     ToolCallEnd,
     ToolCallStart,
@@ -24,29 +28,37 @@ from kronk.chat.events import (
 )
 from kronk.engine.request import TokenLogprob
 from kronk.errors import KronkError
-from kronk.server.common import acquire, answer, batches, start_chat, streamed
+from kronk.server.common import acquire, answer, batches, server_state, start_all, streamed
+from kronk.server.openai import responses_tools as server_items
 from kronk.server.openai.errors import error_body
-from kronk.server.openai.protocol import ResponsesRequest
+from kronk.server.openai.responses_params import ResponsesRequest
 from kronk.server.openai.routes import KEEPALIVE, openai_route
 from kronk.server.sse import (
     CLIENT_CLOSED,
     sse,
 )
+from kronk.server.tools import chat_streams, may_get_tools
 from kronk.streams import AsyncEventStream
 
 
 @openai_route("/responses")
 async def responses(body: ResponsesRequest, request: Request) -> Response:
     messages = body.messages()
-    kwargs = body.kronk_kwargs()
-    lease, stream = await start_chat(request, body.model, messages, kwargs)
-    builder = ResponseBuilder(body, lease.model_id)
+    state = server_state(request)
+    kwargs = body.kronk_kwargs(may_get_tools(state.settings))
+    # The request's server tools (docs/tools.md), resolved before a model is leased.
+    plan = await server_items.plan_tools(request, state, body)
+    lease = await acquire(request, body.model, "chat")
+    (stream,) = await chat_streams(request, state, lease, messages, [kwargs], (), extra=plan.specs)
+    await start_all([stream], lease)
+    builder = ResponseBuilder(body, lease.model_id, plan.listed)
     if body.stream:
         events = _response_events(stream, builder, request.url.path)
         return streamed(request, events, KEEPALIVE, [stream], lease)
     events_done = await answer(request, stream, lease)
     if events_done is None:
         return Response(status_code=CLIENT_CLOSED)
+    builder.start()
     builder.on_events(events_done)
     builder.finish()
     return JSONResponse(builder.response())
@@ -91,11 +103,19 @@ class ResponseBuilder:
 
     Output items open as their first delta arrives: reasoning, then the message, then
     each function call (keyed by the tool call's index); a call closes when it is
-    complete, everything else at the end.
+    complete, everything else at the end. Server tools (`responses_tools`) add an
+    `mcp_list_tools` item per MCP server first, and an item per call kronk runs, which
+    closes the text before it (text after it opens a new message).
     """
 
-    def __init__(self, request: ResponsesRequest, model_id: str) -> None:
+    def __init__(
+        self,
+        request: ResponsesRequest,
+        model_id: str,
+        listed: Sequence[tuple[str, list[ToolSpec]]] = (),
+    ) -> None:
         self.request = request
+        self._listed = list(listed)
         self.id = f"resp_{uuid.uuid4().hex}"
         self.model = model_id
         self.created_at = int(time.time())
@@ -115,11 +135,20 @@ class ResponseBuilder:
         self._seq += 1
         return event
 
+    def item_event(self, kind: str, item: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        """An event about one output item (its id and index)."""
+        index = self.output.index(item)
+        return self._event(kind, item_id=item["id"], output_index=index, **fields)
+
+    def open_item(self, key: str) -> dict[str, Any] | None:
+        return self._open.get(key)
+
     def start(self) -> list[dict[str, Any]]:
         snapshot = self.response()
         return [
             self._event("response.created", response=snapshot),
             self._event("response.in_progress", response=snapshot),
+            *server_items.list_items(self, self._listed),
         ]
 
     def on_events(self, events: Sequence[ChatEvent]) -> list[dict[str, Any]]:
@@ -135,23 +164,29 @@ class ResponseBuilder:
             elif isinstance(event, ToolCallArgumentsDelta):
                 out += self._call_arguments(event)
             elif isinstance(event, ToolCallEnd):
-                out += self._close(f"call:{event.index}")
+                out += self.close(f"call:{event.index}")
+            elif isinstance(event, ServerToolCall):
+                out += server_items.call_item(self, event)
+            elif isinstance(event, ServerToolResult):
+                out += server_items.result_item(self, event)
             elif isinstance(event, TurnFinished):
                 self.finished = event
                 self.usage = _response_usage(event.usage)
         return out
 
-    def _add_item(self, key: str, item: dict[str, Any]) -> list[dict[str, Any]]:
+    def add_item(self, key: str, item: dict[str, Any]) -> list[dict[str, Any]]:
         self.output.append(item)
         self._open[key] = item
         index = len(self.output) - 1
-        return [self._event("response.output_item.added", output_index=index, item=dict(item))]
+        # A copy: the item grows after this event is made, and events may be sent later.
+        added = copy.deepcopy(item)
+        return [self._event("response.output_item.added", output_index=index, item=added)]
 
     def _reasoning_delta(self, text: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         item = self._open.get("reasoning")
         if item is None:
-            events += self._add_item(
+            events += self.add_item(
                 "reasoning",
                 {"id": f"rs_{uuid.uuid4().hex}", "type": "reasoning", "summary": [], "content": []},
             )
@@ -173,8 +208,8 @@ class ResponseBuilder:
         events: list[dict[str, Any]] = []
         item = self._open.get("message")
         if item is None:
-            events += self._close("reasoning")
-            events += self._add_item(
+            events += self.close("reasoning")
+            events += self.add_item(
                 "message",
                 {
                     "id": f"msg_{uuid.uuid4().hex}",
@@ -213,7 +248,7 @@ class ResponseBuilder:
         return events
 
     def _call_start(self, call: ToolCallStart) -> list[dict[str, Any]]:
-        events = self._close("reasoning") + self._close("message")
+        events = self.close("reasoning") + self.close("message")
         item = {
             "id": f"fc_{uuid.uuid4().hex}",
             "type": "function_call",
@@ -222,7 +257,7 @@ class ResponseBuilder:
             "name": call.name,
             "arguments": "",
         }
-        return events + self._add_item(f"call:{call.index}", item)
+        return events + self.add_item(f"call:{call.index}", item)
 
     def _call_arguments(self, delta: ToolCallArgumentsDelta) -> list[dict[str, Any]]:
         item = self._open.get(f"call:{delta.index}")
@@ -238,7 +273,7 @@ class ResponseBuilder:
             )
         ]
 
-    def _close(self, key: str, status: str = "completed") -> list[dict[str, Any]]:
+    def close(self, key: str, status: str = "completed") -> list[dict[str, Any]]:
         item = self._open.pop(key, None)
         if item is None:
             return []
@@ -298,7 +333,7 @@ class ResponseBuilder:
         status = "incomplete" if truncated else "completed"
         events: list[dict[str, Any]] = []
         for key in list(self._open):
-            events += self._close(key, status)
+            events += self.close(key, status)
         self.status = status
         if truncated:
             self.incomplete = {"reason": "max_output_tokens"}
@@ -320,7 +355,7 @@ class ResponseBuilder:
         text_format: dict[str, Any] = {"type": "text"}
         if fmt is not None:
             text_format = fmt.model_dump(exclude_none=True, by_alias=True)
-        tools = [t.model_dump(exclude_none=True) for t in req.tools or []]
+        tools = server_items.echoed_tools(req)
         return {
             "id": self.id,
             "object": "response",
@@ -355,7 +390,11 @@ class ResponseBuilder:
 def _response_usage(usage: TurnUsage) -> dict[str, Any]:
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        # kronk keeps the KV of every prompt token it computes: those are cache writes.
+        "input_tokens_details": {
+            "cached_tokens": usage.cached_tokens,
+            "cache_write_tokens": usage.prompt_tokens - usage.cached_tokens,
+        },
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.total_tokens,
