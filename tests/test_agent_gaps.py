@@ -6,6 +6,7 @@ key, garbled answers), and web_fetch refusals not covered in test_agent_tools.py
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 from urllib.parse import quote
 
@@ -147,3 +148,19 @@ def test_fetch_reads_text_types(site: Site, ctype: str) -> None:
     config = ToolsConfig(allow_addresses=("127.0.0.1",))
     result = _call(config, "web_fetch", {"url": site.url(f"/as?type={quote(ctype)}")})
     assert not result.is_error and result.data["content_type"] == ctype
+
+
+def test_fetch_network_failures_are_error_results(site: Site) -> None:
+    with socket.socket() as closed:  # a loopback port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = ToolsConfig(allow_addresses=("127.0.0.1",), fetch_timeout=1.0)
+    refused = _call(config, "web_fetch", {"url": f"http://127.0.0.1:{port}/"})
+    assert refused.is_error
+    assert refused.content.startswith(f"fetching http://127.0.0.1:{port}/ failed:")
+    site.release.clear()
+    try:
+        slow = _call(config, "web_fetch", {"url": site.url("/slow")})
+    finally:
+        site.release.set()
+    assert slow.is_error and slow.content.startswith(f"fetching {site.url('/slow')} failed:")

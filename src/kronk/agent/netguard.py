@@ -5,6 +5,7 @@ connected to (no second lookup a DNS rebinding could change)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import typing
@@ -96,13 +97,35 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+# httpcore's errors, which httpx's own transport turns into httpx's of the same name (so
+# callers catch `httpx.HTTPError`); this transport must do the same.
+_HTTPCORE_ERRORS = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ProxyError,
+)
+
+
+@contextlib.contextmanager
+def _httpx_errors(request: httpx.Request) -> typing.Iterator[None]:
+    try:
+        yield
+    except _HTTPCORE_ERRORS as exc:
+        kind = getattr(httpx, type(exc).__name__, httpx.TransportError)
+        raise kind(str(exc) or type(exc).__name__, request=request) from exc
+
+
 class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, stream: typing.AsyncIterable[bytes]) -> None:
+    def __init__(self, stream: typing.AsyncIterable[bytes], request: httpx.Request) -> None:
         self._stream = stream
+        self._request = request
 
     async def __aiter__(self) -> typing.AsyncIterator[bytes]:
-        async for part in self._stream:
-            yield part
+        with _httpx_errors(self._request):
+            async for part in self._stream:
+                yield part
 
     async def aclose(self) -> None:
         close = getattr(self._stream, "aclose", None)
@@ -133,12 +156,13 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             content=request.stream,
             extensions=request.extensions,
         )
-        response = await self._pool.handle_async_request(core)
+        with _httpx_errors(request):
+            response = await self._pool.handle_async_request(core)
         assert isinstance(response.stream, typing.AsyncIterable)
         return httpx.Response(
             status_code=response.status,
             headers=response.headers,
-            stream=_ResponseStream(response.stream),
+            stream=_ResponseStream(response.stream, request),
             extensions=response.extensions,
         )
 
