@@ -123,7 +123,7 @@ def kv_cache_bytes(
     v_dim = _int(meta.get(f"{arch}.attention.value_length")) or head_dim
     cell_bytes = k_dim * KV_TYPE_BYTES[types[0]] + v_dim * KV_TYPE_BYTES[types[1]]
     per_cell = [h * cell_bytes for h in n_head_kv]
-    full_cells = _pad(-(-_pad(n_ctx * n_seq) // n_seq))  # llama.cpp's n_ctx_seq
+    full_cells = _pad(_pad(n_ctx * n_seq) // n_seq)  # llama.cpp's n_ctx_seq
     n_swa = _int(meta.get(f"{arch}.attention.sliding_window"))
     swa_cells = _pad(min(full_cells, n_swa + n_ubatch)) if n_swa > 0 else full_cells
     sliding = _sliding_layers(summary, n_layer) if n_swa > 0 else [False] * n_layer
