@@ -35,7 +35,7 @@ from kronk.agent.result import ToolResult
 from kronk.server.anthropic.protocol import MessagesRequest
 from kronk.server.anthropic.server_tools import BuiltinRules, ToolRunner
 from support.live_server import LiveServer, live_server
-from support.mcp_fixture import vault_code
+from support.mcp_fixture import mcp_http_server, vault_code
 from support.web_fixture import Site, web_site
 
 FIXTURE = Path(__file__).resolve().parent / "support" / "mcp_fixture.py"
@@ -173,18 +173,21 @@ def test_mcp_connector_runs_a_configured_server(client: anthropic.Anthropic) -> 
     assert message.usage.server_tool_use is None  # MCP calls are not web requests
 
 
+@pytest.mark.parametrize(("tool", "says"), [("fail", "failed on purpose"), ("crash", "")])
 def test_a_failing_mcp_tool_is_an_error_result_and_the_model_answers(
-    client: anthropic.Anthropic,
+    client: anthropic.Anthropic, tool: str, says: str
 ) -> None:
-    # Without the beta header: the connector works either way.
+    # Without the beta header: the connector works either way. `crash` ends the stdio
+    # server's process; the next request that needs it starts it again.
     message = client.beta.messages.create(
-        model=MODEL, max_tokens=64, messages=_ask("Call the fail tool."),
-        mcp_servers=_fx("fail"), tool_choice={"type": "tool", "name": "fail"}, extra_body=GREEDY,
+        model=MODEL, max_tokens=64, messages=_ask(f"Call the {tool} tool."),
+        mcp_servers=_fx(tool), tool_choice={"type": "tool", "name": tool}, extra_body=GREEDY,
     )  # fmt: skip
     call, result, *rest = message.content
-    assert isinstance(call, BetaMCPToolUseBlock) and call.name == "fail"
+    assert isinstance(call, BetaMCPToolUseBlock) and call.name == tool
     assert isinstance(result, BetaMCPToolResultBlock) and result.is_error is True
-    assert isinstance(result.content, list) and "failed on purpose" in result.content[0].text
+    assert isinstance(result.content, list) and says in result.content[0].text
+    assert result.content[0].text  # the reason, whatever it is
     assert rest and message.stop_reason in ("end_turn", "max_tokens")
 
 
@@ -202,22 +205,29 @@ def test_client_tools_still_go_back_to_the_client(client: anthropic.Anthropic) -
     assert not [b for b in message.content if b.type == "server_tool_use"]
 
 
-def test_server_wide_tools_are_not_added_to_anthropic_requests(
+def test_count_tokens_counts_the_server_tools_named_and_no_others(
     client: anthropic.Anthropic,
 ) -> None:
-    # The server offers fx__vault_lookup to every Chat Completions request; an Anthropic
-    # request's prompt is what count_tokens counts without it.
-    messages = _ask("hello")
-    count = client.messages.count_tokens(model=MODEL, messages=messages)
-    message = client.messages.create(model=MODEL, max_tokens=1, messages=messages)
-    usage = message.usage
-    assert usage.input_tokens + (usage.cache_read_input_tokens or 0) == count.input_tokens
-    assert usage.server_tool_use is None
+    # The server offers fx__vault_lookup to every Chat Completions request, not to an
+    # Anthropic one: its prompt is what count_tokens counts, with the tools it names.
+    # (One token: the turn ends before any call, so usage is the first turn's prompt.)
+    def prompt(**extra: Any) -> tuple[int, Any]:
+        messages = _ask("hello")
+        count = client.messages.count_tokens(model=MODEL, messages=messages, **extra)
+        message = client.messages.create(model=MODEL, max_tokens=1, messages=messages, **extra)
+        usage = message.usage
+        assert usage.input_tokens + (usage.cache_read_input_tokens or 0) == count.input_tokens
+        return count.input_tokens, usage.server_tool_use
+
+    plain, plain_usage = prompt()
+    fetch, fetch_usage = prompt(tools=[FETCH])
+    assert fetch > plain and plain_usage is None
+    assert fetch_usage is not None and fetch_usage.web_fetch_requests == 0
 
 
 BAD = [
     ({"mcp_servers": [{"type": "url", "url": "http://x/mcp", "name": "nope"}]},
-     "unknown MCP server 'nope'"),
+     "unknown MCP server 'nope' (fx); MCP servers named by URL are not allowed"),
     ({"mcp_servers": [{"type": "url", "url": "http://elsewhere/mcp", "name": "fx"}]},
      "configured with the URL 'stdio:fx'"),
     ({"mcp_servers": [{"type": "sse", "url": "stdio:fx", "name": "fx"}]}, "must be 'url'"),
@@ -353,3 +363,30 @@ def test_fetch_failures_get_anthropic_error_codes(site: Site) -> None:
     )
     assert len(page.content) < 80 and "TIDE-93172-QX" not in page.content
     assert usage["web_fetch_requests"] == 6  # the one without a url never ran
+
+
+def test_mcp_servers_by_url_where_the_settings_allow_them(default_model_path: Path) -> None:
+    # A server the request names by URL, with its token: only with tools.allow_remote_mcp
+    # (and the URL's address allowed, as web_fetch's are).
+    extra = {"tool_settings": {"allow_addresses": ["127.0.0.1"], "allow_remote_mcp": True,
+                               "max_rounds": 1}}  # fmt: skip
+    with (
+        mcp_http_server() as url,
+        live_server(
+            {MODEL: default_model_path},
+            load_defaults={"n_ctx": 2048, "n_seq_max": 1},
+            settings_extra=extra,
+        ) as srv,
+    ):
+        remote: Any = [{"type": "url", "url": url, "name": "remote", "authorization_token": "t",
+                        "tool_configuration": {"allowed_tools": ["vault_lookup"]}}]  # fmt: skip
+        message = srv.anthropic(timeout=300).beta.messages.create(
+            model=MODEL, max_tokens=64, messages=_ask("What is the vault code for bob?"),
+            mcp_servers=remote, tool_choice={"type": "tool", "name": "vault_lookup"},
+            betas=BETA, extra_body=GREEDY,
+        )  # fmt: skip
+    call, result = message.content[:2]
+    assert isinstance(call, BetaMCPToolUseBlock) and call.server_name == "remote"
+    assert isinstance(result, BetaMCPToolResultBlock) and not result.is_error
+    assert isinstance(result.content, list)
+    assert result.content[0].text == vault_code(str(call.input["name"]))

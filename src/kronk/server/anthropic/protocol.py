@@ -427,6 +427,7 @@ class CountTokensRequest(AnthropicBody):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
+    mcp_servers: list[McpServer] | None = None
 
     def as_messages_request(self) -> MessagesRequest:
         return MessagesRequest(
@@ -437,6 +438,7 @@ class CountTokensRequest(AnthropicBody):
             tools=self.tools,
             tool_choice=self.tool_choice,
             thinking=self.thinking,
+            mcp_servers=self.mcp_servers,
         )
 
 

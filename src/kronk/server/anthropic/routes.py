@@ -15,11 +15,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kronk.agent.loop import merge_tools
 from kronk.errors import KronkError
 from kronk.server.anthropic.errors import error_body, render
 from kronk.server.anthropic.messages import MessageBuilder
 from kronk.server.anthropic.protocol import CountTokensRequest, MessagesRequest
-from kronk.server.anthropic.server_tools import requested_tools, tool_loop
+from kronk.server.anthropic.server_tools import requested_tools, resolve, tool_loop
 from kronk.server.common import (
     acquire,
     answer,
@@ -79,15 +80,20 @@ async def _message_events(
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(body: CountTokensRequest, request: Request) -> dict[str, Any]:
     """The prompt's real token count: what `input_tokens + cache_read_input_tokens` of
-    the same request to /v1/messages will be."""
+    the same request to /v1/messages will be (of its first turn, where kronk runs server
+    tools: later turns add their own)."""
     full = body.as_messages_request()
     chat_messages = full.chat_messages()
     kwargs = full.kronk_kwargs()
+    state = server_state(request)
+    wanted = requested_tools(full, state.tools)
     async with await acquire(request, body.model, "chat") as lease:
+        # Server tools are in the first turn's prompt, as the loop offers them.
+        specs = await resolve(request, state, lease.model_id, wanted) if wanted else []
         count = await asyncio.to_thread(
             lease.kronk.count_chat_tokens,
             chat_messages,
-            tools=kwargs.get("tools"),
+            tools=merge_tools(kwargs.get("tools"), specs),
             chat_template_kwargs=kwargs.get("chat_template_kwargs"),
         )
     return {"input_tokens": count}

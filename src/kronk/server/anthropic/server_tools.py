@@ -270,6 +270,22 @@ def _choose(kwargs: dict[str, Any], specs: Sequence[ToolSpec]) -> None:
     kwargs["tool_choice"] = {"type": "function", "function": {"name": matches[0].name}}
 
 
+async def resolve(
+    request: Request, state: ServerState, model_id: str, wanted: RequestedTools
+) -> list[ToolSpec]:
+    """The specs of the request's server tools (MCP servers started or reached; a 400
+    for one that cannot be used); needs the `tools` grant."""
+    names = [*wanted.builtins, *wanted.configured]
+    specs = await tools_for(request, state, model_id, names, configured=False)
+    for server in wanted.remote:
+        token = server.authorization_token
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        config = server.tool_configuration
+        allowed = config.allowed_tools if config is not None else None
+        specs += await remote_mcp_tools(request, state, server.name, server.url, headers, allowed)
+    return unique_tools(specs)
+
+
 async def tool_loop(
     request: Request,
     state: ServerState,
@@ -281,17 +297,7 @@ async def tool_loop(
     """The request's turn as a tool loop (not started). On failure the lease is given
     back."""
     try:
-        names = [*wanted.builtins, *wanted.configured]
-        specs = await tools_for(request, state, lease.model_id, names, configured=False)
-        for server in wanted.remote:
-            token = server.authorization_token
-            headers = {"Authorization": f"Bearer {token}"} if token else None
-            config = server.tool_configuration
-            allowed = config.allowed_tools if config is not None else None
-            specs += await remote_mcp_tools(
-                request, state, server.name, server.url, headers, allowed
-            )
-        specs = unique_tools(specs)
+        specs = await resolve(request, state, lease.model_id, wanted)
         kwargs = dict(kwargs)
         _choose(kwargs, specs)
         runner = ToolRunner(state.tools, wanted.builtins)
@@ -310,4 +316,11 @@ async def tool_loop(
     return loop, runner
 
 
-__all__ = ["RequestedTools", "ToolRunner", "error_code", "requested_tools", "tool_loop"]
+__all__ = [
+    "RequestedTools",
+    "ToolRunner",
+    "error_code",
+    "requested_tools",
+    "resolve",
+    "tool_loop",
+]
