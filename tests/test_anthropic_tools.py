@@ -390,3 +390,24 @@ def test_mcp_servers_by_url_where_the_settings_allow_them(default_model_path: Pa
     assert isinstance(result, BetaMCPToolResultBlock) and not result.is_error
     assert isinstance(result.content, list)
     assert result.content[0].text == vault_code(str(call.input["name"]))
+
+
+def test_server_tools_need_the_tools_grant(tiny_llama_path: Path, tmp_path: Path) -> None:
+    from kronk.server.security.keys import KeyStore
+    from kronk.server.security.tokens import create_token, parse_endpoints
+
+    store = KeyStore(tmp_path / "keys")
+    store.create()
+    chat_only = create_token(store, parse_endpoints("chat"), duration_s=600)
+    plain = {"model": "tiny", "max_tokens": 1, "messages": _ask("hi")}
+    with live_server(
+        {"tiny": tiny_llama_path}, load_defaults={"n_ctx": 256}, home=tmp_path, auth="all"
+    ) as srv:
+        headers = {"x-api-key": chat_only}
+        url = srv.base_url + "/v1/messages"
+        for extra in ({"tools": [FETCH]}, {"mcp_servers": [], "tools": [SEARCH]}):
+            refused = httpx.post(url, json={**plain, **extra}, headers=headers, timeout=60)
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["error"]["type"] == "permission_error"
+            assert "'tools'" in refused.json()["error"]["message"]
+        assert httpx.post(url, json=plain, headers=headers, timeout=60).status_code == 200
