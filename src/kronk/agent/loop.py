@@ -196,6 +196,13 @@ class ToolLoop(AsyncEventStream):
             if event.reason == "tool_calls" and self._server_calls:
                 self._pending_finish = event
             else:
+                # Calls cut short (max_tokens) have repaired, possibly wrong arguments: not
+                # run, but the client saw them announced and sees why they did not run.
+                self._out += [
+                    ServerToolResult(c.id, c.name, f"not run: the turn ended ({event.reason})"
+                                     " before the call was complete", True, c.source, c.tool)
+                    for c in self._server_calls
+                ]  # fmt: skip
                 self._finish(event)
         else:
             self._out.append(event)
@@ -256,7 +263,12 @@ class ToolLoop(AsyncEventStream):
 
     async def _next_turn(self) -> None:
         kwargs = dict(self._kwargs)
-        kwargs.pop("tool_choice", None)  # later turns are free, so the model can answer
+        # A named choice was for the first round: later turns are free, so the model can
+        # answer. "required" with client tools holds on, so the answer still ends in a
+        # client call as the client asked (agent frameworks' output tools rely on it).
+        choice = kwargs.pop("tool_choice", None)
+        if choice == "required" and self._client_tools:
+            kwargs["tool_choice"] = choice
         if self.rounds >= self._config.max_rounds or time.monotonic() >= self._deadline:
             kwargs["tools"] = merge_tools(self._client_tools, [])  # no more server tools
         if self._stream is not None:
