@@ -411,3 +411,24 @@ def test_server_tools_need_the_tools_grant(tiny_llama_path: Path, tmp_path: Path
             assert refused.json()["error"]["type"] == "permission_error"
             assert "'tools'" in refused.json()["error"]["message"]
         assert httpx.post(url, json=plain, headers=headers, timeout=60).status_code == 200
+
+
+def test_what_a_request_names_is_what_it_gets() -> None:
+    from kronk.agent.config import parse_mcp_servers
+    from kronk.server.anthropic.server_tools import requested_tools
+
+    servers = {"fx": {"command": sys.executable}, "web": {"url": "http://127.0.0.1:9/mcp"}}
+    registry = ToolRegistry(ToolsConfig(mcp_servers=parse_mcp_servers(servers)))
+
+    def named(**extra: Any) -> Any:
+        body = {"model": MODEL, "max_tokens": 1, "messages": _ask("hi"), **extra}
+        return requested_tools(MessagesRequest.model_validate(body), registry)
+
+    off = {"type": "url", "url": "stdio:fx", "name": "fx", "tool_configuration": {"enabled": False}}
+    assert not named(mcp_servers=[off])  # left out: a plain turn
+    web = {"type": "url", "url": "http://127.0.0.1:9/mcp/", "name": "web"}  # trailing / is fine
+    got = named(mcp_servers=[*_fx("vault_lookup", "fail"), web], tools=[
+        {**FETCH, "allowed_domains": ["Example.org/docs/"], "max_uses": 2}])  # fmt: skip
+    assert got.configured == ["mcp:fx/vault_lookup", "mcp:fx/fail", "mcp:web"]
+    assert got.builtins == {"web_fetch": BuiltinRules(max_uses=2, allowed=("example.org/docs",))}
+    assert not got.remote
