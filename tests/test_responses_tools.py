@@ -35,8 +35,10 @@ from support.web_fixture import Site, web_site
 FIXTURE = Path(__file__).resolve().parent / "support" / "mcp_fixture.py"
 MODEL = "qwen"
 FX = {"fx": {"command": sys.executable, "args": [str(FIXTURE), "stdio"]}}
-ITEM = TypeAdapter(ResponseOutputItem)
-EVENT = TypeAdapter(ResponseStreamEvent)
+# Strict validators (the client only constructs what it receives); Any, as the unions
+# are narrowed by the assertions on `type`.
+ITEM: TypeAdapter[Any] = TypeAdapter(ResponseOutputItem)
+EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 
 
 @pytest.fixture(scope="module")
@@ -68,22 +70,31 @@ def server(default_model_path: Path, site: Site) -> Iterator[LiveServer]:
         yield srv
 
 
+def _responses(srv: LiveServer) -> Any:
+    """The client's `responses` resource (Any: the tests send kronk's own tool types,
+    which the client's parameter types do not list)."""
+    return srv.openai().responses
+
+
 def _mcp(label: str = "fx", **fields: Any) -> dict[str, Any]:
     return {"type": "mcp", "server_label": label, "require_approval": "never", **fields}
 
 
 def _create(srv: LiveServer, prompt: str, tools: list[Any], choice: Any) -> Response:
-    return srv.openai().responses.create(
+    rsp: Response = _responses(srv).create(
         model=MODEL, input=prompt, tools=tools, tool_choice=choice,
-        temperature=0, max_output_tokens=40,
+        temperature=0, max_output_tokens=64,
     )  # fmt: skip
+    return rsp
 
 
-def _strict(response: Response) -> list[Any]:
+def _strict(response: Response, whole: bool = True) -> list[Any]:
     """The output items of the response, validated strictly (not only constructed) by the
-    client's types."""
-    checked = Response.model_validate(response.model_dump(mode="json"))
-    return [ITEM.validate_python(item.model_dump(mode="json")) for item in checked.output]
+    client's types; with `whole`, the response too (not where it repeats kronk's own
+    tool types, as web_fetch)."""
+    if whole:
+        Response.model_validate(response.model_dump(mode="json"))
+    return [ITEM.validate_python(item.model_dump(mode="json")) for item in response.output]
 
 
 def _answered(items: list[Any]) -> None:
@@ -100,7 +111,8 @@ def test_mcp_call_shows_the_list_and_the_call(server: LiveServer) -> None:
     listed, call = items[0], items[1]
     assert isinstance(listed, McpListTools) and listed.server_label == "fx"
     assert [t.name for t in listed.tools] == ["vault_lookup"]
-    assert listed.tools[0].input_schema["required"] == ["name"]  # type: ignore[index]
+    schema: Any = listed.tools[0].input_schema
+    assert schema["required"] == ["name"]
     assert isinstance(call, McpCall) and call.server_label == "fx"
     assert call.name == "vault_lookup" and call.status == "completed" and call.error is None
     assert call.output == vault_code(json.loads(call.arguments)["name"])
@@ -112,9 +124,9 @@ def test_mcp_call_shows_the_list_and_the_call(server: LiveServer) -> None:
 def test_mcp_call_stream_events(server: LiveServer) -> None:
     tools = [_mcp(allowed_tools=["vault_lookup"])]
     choice = {"type": "mcp", "server_label": "fx", "name": "vault_lookup"}
-    with server.openai().responses.create(
+    with _responses(server).create(
         model=MODEL, input="What is the vault code for grace?", tools=tools,
-        tool_choice=choice, temperature=0, max_output_tokens=40, stream=True,
+        tool_choice=choice, temperature=0, max_output_tokens=64, stream=True,
     ) as stream:  # fmt: skip
         events = [EVENT.validate_python(e.model_dump(mode="json")) for e in stream]
     kinds = [e.type for e in events]
@@ -155,7 +167,8 @@ def test_mcp_error_is_shown_and_the_model_answers(server: LiveServer) -> None:
     (call,) = [i for i in items if isinstance(i, McpCall)]
     assert call.status == "failed" and call.output is None and call.error is not None
     assert call.error.type == "mcp_tool_execution_error"
-    assert "failed on purpose" in call.error.content[0]["text"]  # type: ignore[index]
+    content: Any = call.error.content
+    assert "failed on purpose" in content[0]["text"]
     _answered(items)
 
 
@@ -171,15 +184,16 @@ def test_remote_mcp_server_by_url(server: LiveServer, remote_url: str) -> None:
     (call,) = [i for i in items if isinstance(i, McpCall)]
     assert call.server_label == "rx" and call.status == "completed"
     assert call.output == vault_code(json.loads(call.arguments)["name"])
-    echoed = rsp.model_dump(mode="json")["tools"][0]  # credentials are not repeated
-    assert echoed["server_url"] == remote_url
-    assert "authorization" not in echoed and "headers" not in echoed
+    echoed = rsp.tools[0]  # credentials are not repeated
+    assert echoed.type == "mcp" and echoed.server_url == remote_url
+    assert echoed.authorization is None and echoed.headers is None
 
 
 def test_web_search_call(server: LiveServer, site: Site) -> None:
-    with server.openai().responses.create(
-        model=MODEL, input="Search the web for orchid growing.", tools=[{"type": "web_search"}],
-        tool_choice={"type": "web_search"}, temperature=0, max_output_tokens=40, stream=True,
+    with _responses(server).create(
+        model=MODEL, input="Search the web for orchid growing.",
+        tools=[{"type": "web_search"}], tool_choice={"type": "web_search_preview"},
+        temperature=0, max_output_tokens=64, stream=True,
     ) as stream:  # fmt: skip
         events = [EVENT.validate_python(e.model_dump(mode="json")) for e in stream]
     kinds = [e.type for e in events]
@@ -197,18 +211,17 @@ def test_web_search_call(server: LiveServer, site: Site) -> None:
 
 def test_web_fetch_call_and_a_refused_fetch(server: LiveServer, site: Site) -> None:
     url = site.url("/notes.txt")
-    rsp = _create(
-        server, f"Fetch {url} and quote it.", [{"type": "web_fetch"}], {"type": "web_fetch"}
-    )
-    (call,) = [i for i in _strict(rsp) if isinstance(i, ResponseFunctionWebSearch)]
+    forced = {"type": "function", "name": "web_fetch"}  # or kronk's {"type": "web_fetch"}
+    rsp = _create(server, f"Fetch {url} and quote it.", [{"type": "web_fetch"}], forced)
+    (call,) = [i for i in _strict(rsp, False) if isinstance(i, ResponseFunctionWebSearch)]
     assert call.status == "completed" and call.action.type == "open_page"
     assert call.action.url == url and site.paths[-1] == "/notes.txt"
     refused = _create(
         server, "Fetch http://10.0.0.1/secret now.", [{"type": "web_fetch"}], {"type": "web_fetch"}
     )
-    (call,) = [i for i in _strict(refused) if isinstance(i, ResponseFunctionWebSearch)]
+    (call,) = [i for i in _strict(refused, False) if isinstance(i, ResponseFunctionWebSearch)]
     assert call.status == "failed" and call.action.type == "open_page"
-    assert "private" in refused.model_dump()["output"][0]["error"]
+    assert "private" in (call.model_extra or {})["error"]  # kronk's extension: why
 
 
 @pytest.mark.parametrize(
@@ -243,12 +256,12 @@ def plain(tiny_llama_path: Path) -> Iterator[LiveServer]:
         (_mcp(connector_id="connector_gmail"), "connectors"),
         (_mcp(authorization="t"), "server_url"),
         ({"type": "web_search", "filters": {"allowed_domains": ["a.org"]}}, "filters"),
-        ({"type": "file_search", "vector_store_ids": ["v"]}, "function"),
+        ({"type": "file_search", "vector_store_ids": ["v"]}, "'file_search' are not supported"),
     ],
 )
 def test_bad_server_tools_are_400s(plain: LiveServer, tool: dict[str, Any], message: str) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        plain.openai().responses.create(model="tiny", input="hi", tools=[tool])  # type: ignore[list-item]
+        _responses(plain).create(model="tiny", input="hi", tools=[tool])
     assert caught.value.status_code == 400
     error = caught.value.body
     assert isinstance(error, dict) and message in error["message"], error
@@ -257,7 +270,7 @@ def test_bad_server_tools_are_400s(plain: LiveServer, tool: dict[str, Any], mess
 
 def test_a_label_twice_is_a_400(plain: LiveServer) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        plain.openai().responses.create(model="tiny", input="hi", tools=[_mcp(), _mcp()])  # type: ignore[list-item]
+        _responses(plain).create(model="tiny", input="hi", tools=[_mcp(), _mcp()])
     assert "appears twice" in str(caught.value.body)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from kronk.agent.registry import SEPARATOR
 from kronk.errors import InvalidRequestError, UnsupportedFeatureError
@@ -166,6 +166,20 @@ class ResponsesRequest(SamplingFields):
     truncation: Literal["auto", "disabled"] | None = None  # kronk never truncates
     max_tool_calls: int | None = Field(None, ge=1)
     chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _known_tool_types(cls, tools: Any) -> Any:
+        """OpenAI's other tool types (file_search, computer_use, ...) named as such."""
+        for i, tool in enumerate(tools if isinstance(tools, list) else ()):
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if isinstance(kind, str) and kind not in ("function", "mcp", *WEB_TOOL_TYPES):
+                raise UnsupportedFeatureError(
+                    f"tools of type {kind!r} are not supported: kronk takes function, "
+                    "web_search, web_fetch and mcp tools",
+                    f"tools[{i}].type",
+                )
+        return tools
 
     def chat_tools(self) -> list[dict[str, Any]] | None:
         """Responses' flat function tools in the chat form the SDK takes."""
