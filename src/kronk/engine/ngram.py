@@ -1,12 +1,13 @@
 """N-gram lookup drafts: propose what followed where the current suffix occurred before.
 
-Two modes, both over the request's own prompt and output:
+Two drafters, both over the request's own prompt and output:
 
-- `simple` (llama.cpp's `--spec-type ngram-simple`): when the last `n` tokens appeared
-  earlier, the tokens that followed their latest occurrence are the draft.
+- `simple` (like llama.cpp's `--spec-type ngram-simple`, with 4 tokens): when the last
+  `n` tokens appeared earlier, the tokens that followed their latest occurrence are the
+  draft.
 - `anchored` (after llama.cpp's `ngram-mod`): a draft starts only after a long match
-  (the last `n` tokens, 24 by default, found earlier), then follows that source token
-  by token for as long as the output keeps copying it, so drafts can be long (48-64
+  (the last `n` tokens, 12 by default, found earlier), then follows that source token by
+  token for as long as the output keeps copying it, so drafts can be long (up to 64
   tokens) and precise. Where the output leaves the source (a renamed identifier), the
   drafter re-anchors as soon as the last few tokens are found again a little further on
   in the same source, instead of waiting for another long match.
@@ -14,7 +15,8 @@ Two modes, both over the request's own prompt and output:
 That pays when the answer copies its input (an edit of a file, a quoted passage).
 llama.cpp scans the history for every draft; here an index from each n-gram to the
 position after its latest occurrence is kept up to date as tokens arrive, so a draft
-costs a dict lookup and the engine's per-step work does not grow with the context.
+costs a dict lookup (while following a source, not even that) and the engine's per-step
+work does not grow with the context.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 NgramMode = Literal["anchored", "simple"]
-NGRAM_MODES: tuple[NgramMode, ...] = ("anchored", "simple")
 
 
 def continuation(seq: Sequence[int], at: int, limit: int) -> list[int]:
