@@ -298,3 +298,34 @@ def test_remote_urls_the_settings_do_not_allow_are_refused() -> None:
 
     for (_, _, why), error in zip(cases, asyncio.run(run()), strict=True):
         assert why in error
+
+
+def test_server_tool_items_sent_back_as_input(server: LiveServer) -> None:
+    """Clients (the Agents SDK) send a response's output items back as input: the MCP
+    call and its output reach the prompt; the list and web items are taken and left out."""
+    code = vault_code("ada")
+    call = {
+        "type": "mcp_call", "id": "mcp_1", "server_label": "fx", "name": "vault_lookup",
+        "arguments": '{"name": "ada"}', "output": code, "status": "completed",
+    }  # fmt: skip
+    listed = {"type": "mcp_list_tools", "id": "mcpl_1", "server_label": "fx", "tools": []}
+    web = {"type": "web_search_call", "id": "ws_1", "status": "completed",
+           "action": {"type": "search", "query": "x"}}  # fmt: skip
+    ask = {"role": "user", "content": "And the code again?"}
+    with server.http() as http:
+
+        def count(items: list[dict[str, Any]]) -> int:
+            rsp = http.post("/v1/responses/input_tokens", json={"model": MODEL, "input": items})
+            assert rsp.status_code == 200, rsp.text
+            tokens: int = rsp.json()["input_tokens"]
+            return tokens
+
+        first = {"role": "user", "content": "What is the vault code for ada?"}
+        bare = count([first, ask])
+        assert count([first, listed, web, ask]) == bare
+        with_call = count([first, listed, call, web, ask])
+        assert with_call > bare + len(code) // 4  # the call and its output are in the prompt
+        bad = http.post("/v1/responses", json={
+            "model": MODEL, "input": [first, {"type": "mcp_call", "name": "x"}],
+        })  # fmt: skip
+    assert bad.status_code == 400 and "mcp_call needs" in bad.json()["error"]["message"]
