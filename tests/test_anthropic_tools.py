@@ -367,7 +367,7 @@ def test_fetch_failures_get_anthropic_error_codes(site: Site) -> None:
 
 def test_mcp_servers_by_url_where_the_settings_allow_them(default_model_path: Path) -> None:
     # A server the request names by URL, with its token: only with tools.allow_remote_mcp
-    # (and the URL's address allowed, as web_fetch's are).
+    # (and the URL's address allowed, as web_fetch's are). Streamed, with the beta client.
     extra = {"tool_settings": {"allow_addresses": ["127.0.0.1"], "allow_remote_mcp": True,
                                "max_rounds": 1}}  # fmt: skip
     with (
@@ -380,12 +380,15 @@ def test_mcp_servers_by_url_where_the_settings_allow_them(default_model_path: Pa
     ):
         remote: Any = [{"type": "url", "url": url, "name": "remote", "authorization_token": "t",
                         "tool_configuration": {"allowed_tools": ["vault_lookup"]}}]  # fmt: skip
-        message = srv.anthropic(timeout=300).beta.messages.create(
+        with srv.anthropic(timeout=300).beta.messages.stream(
             model=MODEL, max_tokens=64, messages=_ask("What is the vault code for bob?"),
             mcp_servers=remote, tool_choice={"type": "tool", "name": "vault_lookup"},
             betas=BETA, extra_body=GREEDY,
-        )  # fmt: skip
-    call, result = message.content[:2]
+        ) as stream:  # fmt: skip
+            kinds = [e.content_block.type for e in stream if e.type == "content_block_start"]
+            message = stream.get_final_message()
+    assert kinds[:2] == ["mcp_tool_use", "mcp_tool_result"]
+    call, result = message.content[:2]  # the beta client's accumulated, typed blocks
     assert isinstance(call, BetaMCPToolUseBlock) and call.server_name == "remote"
     assert isinstance(result, BetaMCPToolResultBlock) and not result.is_error
     assert isinstance(result.content, list)
