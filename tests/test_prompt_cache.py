@@ -82,6 +82,34 @@ def test_a_shared_prefix_is_copied_from_a_busy_slot(tiny_model: LlamaModel) -> N
     assert text == cold(tiny_model, second)
 
 
+def test_a_burst_sharing_a_new_prefix_prefills_it_once(tiny_model: LlamaModel) -> None:
+    system = tokens(tiny_model, "You are a helpful assistant who answers briefly. " * 4)
+    prompts = [system + tokens(tiny_model, f"question number {i}") for i in range(3)]
+    engine = make_engine(tiny_model, n_seq_max=3)
+    try:
+        streams: list[queue.SimpleQueue[Event]] = []
+        # Queued together (the engine admits nothing while its lock is held): all three
+        # find free slots in one admission, and none has the system prompt yet.
+        with engine._lock:
+            for prompt in prompts:
+                events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+                request = GenerationRequest(prompt, GREEDY, max_tokens=12, ignore_eos=True)
+                engine.submit(request, events.put)
+                streams.append(events)
+        results: list[tuple[str, Usage]] = []
+        for events in streams:
+            text = ""
+            while not isinstance(event := events.get(), Finished):
+                text += event.text if isinstance(event, TextDelta) else ""
+            results.append((text, event.usage))
+    finally:
+        engine.close()
+    # The first prefills the system prompt; the others wait for it and copy it.
+    assert results[0][1].cached_tokens == 0
+    assert all(usage.cached_tokens >= len(system) for _, usage in results[1:])
+    assert [text for text, _ in results] == [cold(tiny_model, p) for p in prompts]
+
+
 def test_an_evicted_prompt_is_restored_from_host_memory(tiny_model: LlamaModel) -> None:
     conversation = tokens(tiny_model, "a long conversation about many things " * 6)
     other = tokens(tiny_model, "something else entirely " * 2)

@@ -239,13 +239,18 @@ class Engine:
             self._lock.notify()  # wake the loop so a running request is dropped promptly
 
     def _admit_queued(self) -> None:
-        """Move queued requests into free slots (called with the lock held)."""
+        """Move queued requests into free slots (called with the lock held), in order,
+        except that one whose prefix another slot is prefilling waits for it."""
+        waiting: list[tuple[RequestHandle, SamplerChain, float]] = []
         while self._queue:
             free = [s for s in self._slots if s.active is None]
             if not free:
-                return
-            handle, chain, submitted = self._queue.popleft()
+                break
+            handle, chain, submitted = item = self._queue.popleft()
             prompt = list(handle.request.prompt)
+            if self._placement.coming_soon(prompt):
+                waiting.append(item)
+                continue
             lookup_start = time.perf_counter()
             slot = self._choose_slot(free)
             keep = self._placement.place(slot, prompt)
@@ -266,6 +271,7 @@ class Engine:
             self._stats.requests_total += 1
             self._stats.tokens_cached += keep
             self._emit(active, Admitted(len(prompt), keep))
+        self._queue.extendleft(reversed(waiting))
 
     @staticmethod
     def _choose_slot(free: list[Slot]) -> Slot:

@@ -108,6 +108,26 @@ class Placement:
                 slot.tokens = []
         return self._trim(slot, prompt)
 
+    def coming_soon(self, prompt: list[int]) -> bool:
+        """Whether a slot still prefilling will soon hold a longer prefix of `prompt` than
+        any cache holds now (by `min_gain` tokens or more). A prompt that waits for it then
+        copies that prefix instead of prefilling it again: a burst of requests sharing a
+        new system prompt prefills it once, not once per slot. It never waits long: the
+        older request's prefill goes first anyway."""
+        coming = max(
+            (
+                common_prefix(s.active.request.prompt, prompt)
+                for s in self.slots
+                if s.active is not None and s.active.next_token is None
+            ),
+            default=0,
+        )
+        if coming < self.min_gain:
+            return False
+        held = max((common_prefix(s.tokens, prompt) for s in self.slots), default=0)
+        held = max(held, self.prompt_cache.best_match(prompt)[1])
+        return coming >= held + self.min_gain
+
     def _held_elsewhere(self, slot: Slot) -> bool:
         """Whether another slot's cache holds all of `slot`'s tokens (e.g. it was copied)."""
         n = len(slot.tokens)
