@@ -322,6 +322,10 @@ def test_server_tool_items_sent_back_as_input(server: LiveServer) -> None:
 
         first = {"role": "user", "content": "What is the vault code for ada?"}
         bare = count([first, ask])
+        tools = [_mcp(allowed_tools=["vault_lookup"])]
+        rsp = http.post("/v1/responses/input_tokens",
+                        json={"model": MODEL, "input": [first, ask], "tools": tools})  # fmt: skip
+        assert rsp.json()["input_tokens"] > bare + 20  # the MCP tool's schema is counted
         assert count([first, listed, web, ask]) == bare
         with_call = count([first, listed, call, web, ask])
         assert with_call > bare + len(code) // 4  # the call and its output are in the prompt

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from kronk.agent.loop import merge_tools
 from kronk.agent.registry import ToolSpec
 from kronk.chat.events import (
     ChatEvent,
@@ -66,14 +67,17 @@ async def responses(body: ResponsesRequest, request: Request) -> Response:
 
 @openai_route("/responses/input_tokens")
 async def input_tokens(body: ResponsesRequest, request: Request) -> dict[str, Any]:
-    """How many tokens the request's input (instructions, input items, tools) takes."""
+    """How many tokens the request's input (instructions, input items, tools) takes; the
+    server tools it names count with their schemas, as the model is shown them."""
     messages = body.messages()
     kwargs = body.kronk_kwargs()
+    plan = await server_items.plan_tools(request, server_state(request), body)
+    tools = merge_tools(kwargs.get("tools"), plan.specs)
     async with await acquire(request, body.model, "chat") as lease:
         count = await asyncio.to_thread(
             lease.kronk.count_chat_tokens,
             messages,
-            tools=kwargs.get("tools"),
+            tools=tools,
             chat_template_kwargs=kwargs.get("chat_template_kwargs"),
         )
     return {"object": "response.input_tokens", "input_tokens": count}
