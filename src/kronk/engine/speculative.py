@@ -5,8 +5,9 @@ verifies every slot's draft in the step's one `llama_decode`, and the engine kee
 longest prefix its own sampler chain agrees with (see `Engine._verify`). Whether that
 pays depends on two measured things, kept here:
 
-- per slot, how many draft tokens get accepted (a per-token acceptance rate `a`, so a
-  draft of k yields `1 + a + ... + a^k` tokens a step on average);
+- per slot, how many draft tokens get accepted (`Acceptance`: a per-token rate for a
+  draft model's drafts, the accepted share for bursty n-gram drafts), and how long its
+  n-gram drafts have earned the right to be (`SlotDrafting.ramp`);
 - per engine, what a step costs. With one KV stream per slot llama.cpp splits a batch
   into compute passes (`split_equal`: each pass takes the same number of tokens from a
   run of consecutive sequence ids), and on a CPU a pass costs a read of all weights plus
@@ -14,7 +15,7 @@ pays depends on two measured things, kept here:
   its own steps and simulates the passes of each candidate plan.
 
 Each step the plan picks one draft length K for the step (every slot drafts
-`min(K, what it has, what its acceptance justifies)`) to maximise expected tokens per
+`min(K, what it has, its ramp, what its acceptance justifies)`) to maximise expected tokens per
 second, K = 0 (plain decoding) included, so speculation turns itself off where it does
 not pay and backs off when many slots already keep the compute busy. A slot that stopped
 drafting probes now and then with a short draft, so a change (an edit reaching the part
