@@ -611,7 +611,7 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
         400,
         "previous_response_id",
     ),
-    ("/v1/responses", {"model": "tiny", "input": [{"type": "web_search_call"}]}, 400, "input[0]"),
+    ("/v1/responses", {"model": "tiny", "input": [{"type": "computer_call"}]}, 400, "input[0]"),
     (
         "/v1/responses",
         {"model": "tiny", "input": "x", "text": {"format": {"type": "json_schema"}}},
