@@ -158,8 +158,8 @@ async def chat_streams(
 
 __all__ = [
     "SERVER_TOOL_TYPES",
-    "check_approval",
     "chat_streams",
+    "check_approval",
     "may_get_tools",
     "remote_mcp_tools",
     "requested_tool_names",
