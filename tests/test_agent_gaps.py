@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
-from kronk.agent.config import ToolsConfig
+from kronk.agent.config import ToolsConfig, parse_mcp_servers
 from kronk.agent.registry import ToolRegistry
 from kronk.agent.result import ToolResult
+from support.mcp_fixture import vault_code
 from support.web_fixture import BRAVE_KEY, BRAVE_PATH, Site
 
+MCP_FIXTURE = Path(__file__).resolve().parent / "support" / "mcp_fixture.py"
 SEARCH_ENV = ("KRONK_SEARCH_URL", "KRONK_SEARCH_KEY", "BRAVE_API_KEY")
 
 
@@ -164,3 +170,35 @@ def test_fetch_network_failures_are_error_results(site: Site) -> None:
     finally:
         site.release.set()
     assert slow.is_error and slow.content.startswith(f"fetching {site.url('/slow')} failed:")
+
+
+def test_a_cancelled_mcp_call_is_cancelled_on_the_server(tmp_path: Path) -> None:
+    marker = tmp_path / "hold"
+    stdio = {"command": sys.executable, "args": [str(MCP_FIXTURE), "stdio"]}
+    config = ToolsConfig(mcp_servers=parse_mcp_servers({"fx": stdio}), call_timeout=120.0)
+    registry = ToolRegistry(config)
+
+    async def until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not done():  # polls the fixture's file, a real state, with a deadline
+            assert time.monotonic() < deadline, "the MCP fixture did not get there"
+            await asyncio.sleep(0.02)
+
+    async def run() -> tuple[ToolResult, int]:
+        try:
+            (hold,) = await registry.resolve(["mcp:fx/hold"])
+            (lookup,) = await registry.resolve(["mcp:fx/vault_lookup"])
+            call = asyncio.ensure_future(registry.call(hold, {"marker": str(marker)}))
+            await until(marker.exists)
+            call.cancel()  # as the loop does when the client goes away
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await until(lambda: marker.read_text() == "cancelled")
+            # The session is still good: the next call needs no restart.
+            return await registry.call(lookup, {"name": "eve"}), registry.connection("fx").starts
+        finally:
+            await registry.aclose()
+
+    after, starts = asyncio.run(run())
+    assert not after.is_error and after.content == vault_code("eve")
+    assert starts == 1

@@ -155,7 +155,8 @@ def test_mcp_stdio_tools_errors_and_restart() -> None:
             await registry.aclose()
 
     out = asyncio.run(run())
-    assert out["names"] == ["fx__crash", "fx__fail", "fx__flood", "fx__hang", "fx__vault_lookup"]
+    assert out["names"] == ["fx__crash", "fx__fail", "fx__flood", "fx__hang", "fx__hold",
+                            "fx__vault_lookup"]  # fmt: skip
     assert not out["ok"].is_error and out["ok"].content == vault_code("ada")
     assert out["fail"].is_error and "failed on purpose" in out["fail"].content
     assert out["flood"].is_error and "over the 10000 limit" in out["flood"].content

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
@@ -44,6 +45,20 @@ def crash() -> str:
 async def hang() -> str:
     """Never answer."""
     await asyncio.Event().wait()
+    return "unreachable"
+
+
+@server.tool()
+async def hold(marker: str) -> str:
+    """Write "started" to the file `marker` and wait; when the call is cancelled, write
+    "cancelled" there (so a test sees the cancellation reach the server)."""
+    path = Path(marker)
+    path.write_text("started")
+    try:
+        await asyncio.Event().wait()
+    except BaseException:
+        path.write_text("cancelled")
+        raise
     return "unreachable"
 
 
