@@ -5,7 +5,6 @@ connected to (no second lookup a DNS rebinding could change)."""
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import socket
 import typing
@@ -97,77 +96,17 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-# httpcore's errors, which httpx's own transport turns into httpx's of the same name (so
-# callers catch `httpx.HTTPError`); this transport must do the same.
-_HTTPCORE_ERRORS = (
-    httpcore.TimeoutException,
-    httpcore.NetworkError,
-    httpcore.ProtocolError,
-    httpcore.UnsupportedProtocol,
-    httpcore.ProxyError,
-)
-
-
-@contextlib.contextmanager
-def _httpx_errors(request: httpx.Request) -> typing.Iterator[None]:
-    try:
-        yield
-    except _HTTPCORE_ERRORS as exc:
-        kind = getattr(httpx, type(exc).__name__, httpx.TransportError)
-        raise kind(str(exc) or type(exc).__name__, request=request) from exc
-
-
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, stream: typing.AsyncIterable[bytes], request: httpx.Request) -> None:
-        self._stream = stream
-        self._request = request
-
-    async def __aiter__(self) -> typing.AsyncIterator[bytes]:
-        with _httpx_errors(self._request):
-            async for part in self._stream:
-                yield part
-
-    async def aclose(self) -> None:
-        close = getattr(self._stream, "aclose", None)
-        if close is not None:
-            await close()
-
-
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """An httpx transport over a connection pool that uses `GuardedBackend`. No proxy:
-    a proxy would make the connection, so the check would be on the wrong address."""
-
-    def __init__(self, allowed: Iterable[Network]) -> None:
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(), network_backend=GuardedBackend(allowed)
-        )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, typing.AsyncIterable)
-        core = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _httpx_errors(request):
-            response = await self._pool.handle_async_request(core)
-        assert isinstance(response.stream, typing.AsyncIterable)
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream, request),
-            extensions=response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
+def guarded_transport(allowed: Iterable[Network]) -> httpx.AsyncHTTPTransport:
+    """An httpx transport whose every connection passes the address check. No proxy: a
+    proxy would make the connection, so the check would be on the wrong address. httpx's
+    own transport, so httpcore's errors become httpx's as usual."""
+    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    # httpx's transport takes no network backend: its pool is replaced by one that has it.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        network_backend=GuardedBackend(allowed),
+    )
+    return transport
 
 
 class GuardedBackend2(httpcore2.AsyncNetworkBackend):
@@ -217,8 +156,8 @@ __all__ = [
     "AddressRefused",
     "GuardedBackend",
     "GuardedBackend2",
-    "GuardedTransport",
     "checked_address",
+    "guarded_transport",
     "guarded_transport2",
     "refusal",
 ]

@@ -13,7 +13,7 @@ from bs4 import BeautifulSoup
 from markdownify import MarkdownConverter
 
 from kronk.agent.config import ToolsConfig
-from kronk.agent.netguard import AddressRefused, GuardedTransport
+from kronk.agent.netguard import AddressRefused, guarded_transport
 from kronk.agent.result import ToolError, ToolResult
 
 FETCH_SCHEMA: dict[str, Any] = {
@@ -49,7 +49,7 @@ async def web_fetch(config: ToolsConfig, url: str) -> ToolResult:
     again by the transport), and turn HTML into markdown."""
     if not isinstance(url, str) or not url:
         raise ToolError("web_fetch needs a url")
-    transport = GuardedTransport(config.allowed_networks())
+    transport = guarded_transport(config.allowed_networks())
     timeout = httpx.Timeout(config.fetch_timeout)
     async with httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False) as client:
         for _ in range(config.fetch_max_redirects + 1):
