@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai.types.responses import (
@@ -333,3 +334,36 @@ def test_server_tool_items_sent_back_as_input(server: LiveServer) -> None:
             "model": MODEL, "input": [first, {"type": "mcp_call", "name": "x"}],
         })  # fmt: skip
     assert bad.status_code == 400 and "mcp_call needs" in bad.json()["error"]["message"]
+
+
+def test_server_wide_tools_are_not_added_to_responses_or_anthropic(
+    tiny_llama_path: Path, tmp_path: Path
+) -> None:
+    """`--tools` is for the APIs whose clients cannot name server tools (Chat Completions,
+    Ollama); Responses and Messages requests get only what they name. Seen through the
+    `tools` grant, which a request needs exactly when it gets server tools."""
+    from kronk.server.security.keys import KeyStore
+    from kronk.server.security.tokens import create_token, parse_endpoints
+
+    store = KeyStore(tmp_path / "keys")
+    store.create()
+    token = create_token(store, parse_endpoints("chat,responses"), duration_s=600)
+    headers = {"authorization": f"Bearer {token}"}
+    hi = [{"role": "user", "content": "hi"}]
+    with live_server(
+        {"tiny": tiny_llama_path},
+        load_defaults={"n_ctx": 256},
+        home=tmp_path,
+        auth="all",
+        settings_extra={"tools": ("web_fetch",)},
+    ) as srv:
+
+        def post(path: str, body: dict[str, Any]) -> int:
+            rsp = httpx.post(srv.base_url + path, json=body, headers=headers, timeout=120)
+            return rsp.status_code
+
+        chat = {"model": "tiny", "max_tokens": 1, "messages": hi}
+        assert post("/v1/chat/completions", chat) == 403  # offered: needs the grant
+        responses = {"model": "tiny", "input": "hi", "max_output_tokens": 1}
+        assert post("/v1/responses", responses) == 200
+        assert post("/v1/messages", chat) == 200

@@ -99,8 +99,8 @@ async def tools_for(
     configured: bool = True,
 ) -> list[ToolSpec]:
     """The server tools this request gets; with any, the caller needs the `tools` grant.
-    `configured=False` leaves out the server's and the model's `tools` (for Anthropic's
-    requests, which name their server tools themselves)."""
+    `configured=False` leaves out the server's and the model's `tools` (for Responses
+    and Anthropic requests, whose APIs name their server tools themselves)."""
     settings = state.settings
     model = settings.models.get(model_id)
     offered = [*settings.tools, *(model.tools or () if model else ())] if configured else []
@@ -137,12 +137,13 @@ async def chat_streams(
     requested: Sequence[str],
     *,
     extra: Sequence[ToolSpec] = (),
+    configured: bool = True,
 ) -> list[Any]:
     """One event stream per choice: plain turns, or tool loops when the request gets
     server tools (those named, and `extra` ones resolved already, such as
     `remote_mcp_tools`'). On failure the lease is given back."""
     try:
-        specs = await tools_for(request, state, lease.model_id, requested)
+        specs = await tools_for(request, state, lease.model_id, requested, configured=configured)
         specs = unique_tools([*specs, *extra])
         kronk = lease.kronk
         if not specs:

@@ -38,7 +38,7 @@ from kronk.server.sse import (
     CLIENT_CLOSED,
     sse,
 )
-from kronk.server.tools import chat_streams, may_get_tools
+from kronk.server.tools import chat_streams
 from kronk.streams import AsyncEventStream
 
 
@@ -46,11 +46,14 @@ from kronk.streams import AsyncEventStream
 async def responses(body: ResponsesRequest, request: Request) -> Response:
     messages = body.messages()
     state = server_state(request)
-    kwargs = body.kronk_kwargs(may_get_tools(state.settings))
+    kwargs = body.kronk_kwargs()
     # The request's server tools (docs/tools.md), resolved before a model is leased.
     plan = await server_items.plan_tools(request, state, body)
     lease = await acquire(request, body.model, "chat")
-    (stream,) = await chat_streams(request, state, lease, messages, [kwargs], (), extra=plan.specs)
+    # Like Anthropic's, a Responses request names its server tools: `--tools` is not added.
+    (stream,) = await chat_streams(
+        request, state, lease, messages, [kwargs], (), extra=plan.specs, configured=False
+    )
     await start_all([stream], lease)
     builder = ResponseBuilder(body, lease.model_id, plan.listed)
     if body.stream:

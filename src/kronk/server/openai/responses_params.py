@@ -252,10 +252,9 @@ class ResponsesRequest(SamplingFields):
             raise InvalidRequestError("input must hold at least one message", "input")
         return messages
 
-    def kronk_kwargs(self, server_tools: bool = False) -> dict[str, Any]:
-        """Keyword arguments for `Kronk.achat_events` besides the messages;
-        `server_tools`: the server offers tools to every request (`--tools`)."""
-        server = server_tools or bool(self.server_tools())
+    def kronk_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `Kronk.achat_events` besides the messages."""
+        server = bool(self.server_tools())
         kwargs = self.sampling_kwargs()
         if self.max_output_tokens is not None:
             kwargs["max_tokens"] = self.max_output_tokens
