@@ -119,7 +119,10 @@ class AsyncEventStream:
         self._handle: RequestHandle | None = None
         self._inbox: _Inbox | None = None
         self._arrived: list[Event] = []  # handed over by the inbox, not yet read
-        self._waiter: asyncio.Future[None] | None = None
+        # Set when events arrive. An Event, not one future: a read being cancelled (a
+        # client gone mid-stream) and `aclose` may wait at the same time, and each must
+        # be woken by the engine's last event.
+        self._ready = asyncio.Event()
 
     @property
     def turn(self) -> Turn:
@@ -141,17 +144,13 @@ class AsyncEventStream:
 
     def _arrive(self, events: list[Event]) -> None:  # the loop, from the inbox
         self._arrived += events
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._ready.set()
 
     async def _take_arrived(self) -> list[Event]:
         """Every event handed over so far, waiting for one if there is none."""
         while not self._arrived:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            self._ready.clear()
+            await self._ready.wait()
         events, self._arrived = self._arrived, []
         return events
 
