@@ -5,6 +5,7 @@ client that disconnects while a tool runs."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,15 +147,30 @@ def _wait_idle(srv: LiveServer, model: str) -> dict[str, Any]:
     raise AssertionError(f"still busy after {DEADLINE_S}s: {_model_stats(srv, model)}")
 
 
-def test_a_client_that_leaves_cancels_the_tool_call(server: LiveServer, site: Site) -> None:
+def _held_fetch(site: Site, stream: bool) -> dict[str, Any]:
+    """A chat whose forced web_fetch of /hold waits there until its connection closes."""
     site.held.clear()
     site.hold_closed.clear()
-    url = site.url("/hold")
-    body = {
-        "model": "qwen", "max_tokens": 48, "temperature": 0, "stream": True,
-        "messages": [{"role": "user", "content": f"Fetch {url}"}],
+    return {
+        "model": "qwen", "max_tokens": 48, "temperature": 0, "stream": stream,
+        "messages": [{"role": "user", "content": f"Fetch {site.url('/hold')}"}],
         "tools": [{"type": "web_fetch"}], "tool_choice": _forced("web_fetch"),
     }  # fmt: skip
+
+
+def _assert_idle_after_leaving(srv: LiveServer) -> None:
+    _wait_idle(srv, "qwen")
+    metrics = httpx.get(srv.base_url + "/metrics", timeout=30).text
+    assert 'kronk_slots_active{model="qwen"} 0.0' in metrics
+    assert 'kronk_queue_depth{model="qwen"} 0.0' in metrics
+    # The only slot is free for the next request.
+    after = _chat(srv, {"model": "qwen", "max_tokens": 2,
+                        "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    assert after.status_code == 200 and after.json()["choices"][0]["finish_reason"]
+
+
+def test_a_client_that_leaves_cancels_the_tool_call(server: LiveServer, site: Site) -> None:
+    body = _held_fetch(site, stream=True)
     announced: list[dict[str, Any]] = []
     with (
         httpx.Client(base_url=server.base_url, timeout=900) as http,
@@ -177,11 +193,23 @@ def test_a_client_that_leaves_cancels_the_tool_call(server: LiveServer, site: Si
     # (the site sees its connection close) long before any limit of the tool's.
     assert site.hold_closed.wait(DEADLINE_S)
     assert time.monotonic() - left < DEADLINE_S
-    _wait_idle(server, "qwen")
-    metrics = httpx.get(server.base_url + "/metrics", timeout=30).text
-    assert 'kronk_slots_active{model="qwen"} 0.0' in metrics
-    assert 'kronk_queue_depth{model="qwen"} 0.0' in metrics
-    # The only slot is free for the next request.
-    after = _chat(server, {"model": "qwen", "max_tokens": 2,
-                           "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
-    assert after.status_code == 200 and after.json()["choices"][0]["finish_reason"]
+    _assert_idle_after_leaving(server)
+
+
+def test_a_non_streamed_client_that_leaves_cancels_the_tool_call(
+    server: LiveServer, site: Site
+) -> None:
+    body = json.dumps(_held_fetch(site, stream=False)).encode()
+    url = httpx.URL(server.base_url)
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {url.host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    # A raw socket: the client's own connection, closed while the tool runs.
+    with socket.create_connection((url.host, url.port or 80)) as sock:
+        sock.sendall(head.encode() + body)
+        # The model's forced call comes first: slow on a busy CPU, hence the long wait.
+        assert site.held.wait(DEADLINE_S * 10)
+        assert _model_stats(server, "qwen")["leases"] == 1
+    assert site.hold_closed.wait(DEADLINE_S)
+    _assert_idle_after_leaving(server)
