@@ -224,7 +224,7 @@ def renderer_for(path: str) -> Renderer:
 
 def render_for_path(info: ErrorInfo, path: str) -> JSONResponse:
     """`info` in the shape of the protocol that serves `path`."""
-    if info.status >= 500:
+    if info.kind == "server":  # a busy or draining server is working as meant
         log.error("%s failed: %s", path, info.message)
     return renderer_for(path)(info, path)
 
@@ -255,7 +255,7 @@ def protocol_route(render: Renderer) -> type[APIRoute]:
                     info = error_info(exc)
                     if info is None:
                         raise  # kronk's own bug: the app's last-resort handler logs it
-                    if info.status >= 500:
+                    if info.kind == "server":
                         log.error("%s %s failed: %s", request.method, request.url.path, exc)
                     return render(info, request.url.path)
 
