@@ -238,20 +238,20 @@ def test_server_settings_carry_spec_draft_model_and_draft_max(tmp_path: Path) ->
 
 def test_the_pool_turns_a_draft_model_id_into_its_file(tmp_path: Path) -> None:
     from kronk.models.resolver import StaticResolver
-    from kronk.pool import ModelPool
+    from kronk.pool.lease import with_draft_path
 
     small, big = tmp_path / "small.gguf", tmp_path / "big.gguf"
     small.write_bytes(b"GGUF")
     big.write_bytes(b"GGUF")
-    pool = ModelPool(StaticResolver.from_paths({"small": small, "big": big}))
-    assert pool._with_draft_path("big", {"draft_model": "small"})["draft_model"] == small
-    assert pool._with_draft_path("big", {"draft_model": str(small)})["draft_model"] == small
-    off = pool._with_draft_path("big", {"speculative": "off", "draft_model": "small"})
+    resolver = StaticResolver.from_paths({"small": small, "big": big})
+    assert with_draft_path(resolver, "big", {"draft_model": "small"})["draft_model"] == small
+    assert with_draft_path(resolver, "big", {"draft_model": str(small)})["draft_model"] == small
+    off = with_draft_path(resolver, "big", {"speculative": "off", "draft_model": "small"})
     assert "draft_model" not in off
-    assert "draft_model" not in pool._with_draft_path("small", {"draft_model": "small"})
+    assert "draft_model" not in with_draft_path(resolver, "small", {"draft_model": "small"})
     # No catalog behind a static resolver: `draft` without a named draft loads none here,
     # and the SDK then refuses with "needs a draft model".
-    assert "draft_model" not in pool._with_draft_path("big", {"speculative": "draft"})
+    assert "draft_model" not in with_draft_path(resolver, "big", {"speculative": "draft"})
 
 
 def test_the_catalog_names_draft_models_that_exist() -> None:

@@ -1,4 +1,5 @@
-"""A request's hold on a loaded model, and the pool's record of one model."""
+"""A request's hold on a loaded model, the pool's record of one model, and the load
+options a model gets."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from kronk.models.resolver import ResolvedModel
+from kronk.models.catalog import Catalog
+from kronk.models.resolver import ModelResolver, ResolvedModel
 from kronk.pool.memory import MemoryEstimate
 from kronk.sdk import Kronk
 
@@ -96,4 +99,25 @@ def load_options(*layers: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-__all__ = ["Entry", "ModelLease", "load_options"]
+def with_draft_path(
+    resolver: ModelResolver, model_id: str, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """A `draft_model` given as a model id (config.yaml's, --draft-model) becomes that
+    model's file; a path stays a path. `speculative: draft` without one takes the one
+    the catalog names for the model; `off` loads none."""
+    mode = str(kwargs.get("speculative", "auto")).lower()
+    if mode in ("off", "false"):
+        return {k: v for k, v in kwargs.items() if k != "draft_model"}
+    draft = kwargs.get("draft_model")
+    catalog = getattr(resolver, "catalog", None)  # a ModelStore has one
+    if draft is None and mode == "draft" and isinstance(catalog, Catalog):
+        draft = catalog.draft_model_of(model_id)
+    if draft is None or draft == model_id:  # a model never drafts for itself
+        return {k: v for k, v in kwargs.items() if k != "draft_model"}
+    path = Path(str(draft)).expanduser()
+    if path.suffix.lower() != ".gguf" or not path.is_file():
+        path = resolver.resolve(str(draft)).path  # ModelNotFoundError names the pull
+    return {**kwargs, "draft_model": path}
+
+
+__all__ = ["Entry", "ModelLease", "load_options", "with_draft_path"]

@@ -90,7 +90,7 @@ def estimate_memory(path: Path, options: Mapping[str, Any]) -> MemoryEstimate:
     draft = 0
     draft_path = opts.get("draft_model")
     speculative = str(opts.get("speculative", "auto")).lower()
-    if draft_path is not None and speculative not in ("off", "false", "ngram"):
+    if draft_path is not None and speculative in ("auto", "draft"):  # modes that load one
         draft_summary = gguf_summary(Path(str(draft_path)))
         draft_ubatch = min(512, n_seq * 64)
         draft = (

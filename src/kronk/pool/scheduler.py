@@ -23,7 +23,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from kronk.errors import (
@@ -35,9 +34,8 @@ from kronk.errors import (
     ModelLoadError,
     ModelTooLargeError,
 )
-from kronk.models.catalog import Catalog
 from kronk.models.resolver import ModelResolver, ResolvedModel
-from kronk.pool.lease import Entry, ModelLease, load_options
+from kronk.pool.lease import Entry, ModelLease, load_options, with_draft_path
 from kronk.pool.memory import (
     MemoryEstimate,
     default_budget,
@@ -286,7 +284,8 @@ class ModelPool:
     # -- loading and unloading -------------------------------------------------------------
 
     def _options_for(self, model_id: str, resolved: ResolvedModel) -> dict[str, Any]:
-        return self._with_draft_path(
+        return with_draft_path(
+            self.resolver,
             model_id,
             load_options(
                 resolved.load_options, self.load_defaults, self.model_options.get(model_id, {})
@@ -368,24 +367,6 @@ class ModelPool:
         self._wake.set()
         self._room_changed()
         return kronk
-
-    def _with_draft_path(self, model_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """A `draft_model` given as a model id (config.yaml's, --draft-model) becomes that
-        model's file; a path stays a path. `speculative: draft` without one takes the one
-        the catalog names for the model; `off` loads none."""
-        mode = str(kwargs.get("speculative", "auto")).lower()
-        if mode in ("off", "false"):
-            return {k: v for k, v in kwargs.items() if k != "draft_model"}
-        draft = kwargs.get("draft_model")
-        catalog = getattr(self.resolver, "catalog", None)  # a ModelStore has one
-        if draft is None and mode == "draft" and isinstance(catalog, Catalog):
-            draft = catalog.draft_model_of(model_id)
-        if draft is None or draft == model_id:  # a model never drafts for itself
-            return {k: v for k, v in kwargs.items() if k != "draft_model"}
-        path = Path(str(draft)).expanduser()
-        if path.suffix.lower() != ".gguf" or not path.is_file():
-            path = self.resolver.resolve(str(draft)).path  # ModelNotFoundError names the pull
-        return {**kwargs, "draft_model": path}
 
     async def _close_entry(self, entry: Entry) -> None:
         kronk = entry.kronk
