@@ -231,16 +231,16 @@ class ToolRegistry:
         try:
             args = json.loads(arguments) if isinstance(arguments, str) else arguments
             if not isinstance(args, dict):
-                return error_result("the tool's arguments must be a JSON object")
+                return error_result("the tool's arguments must be a JSON object", "invalid_input")
         except ValueError as exc:
-            return error_result(f"the tool's arguments are not valid JSON: {exc}")
+            return error_result(f"the tool's arguments are not valid JSON: {exc}", "invalid_input")
         try:
             result = await asyncio.wait_for(self._run(spec, args), self.config.call_timeout)
         except TimeoutError:
             took = time.perf_counter() - started
-            return error_result(f"{spec.name} timed out after {took:.0f} s")
+            return error_result(f"{spec.name} timed out after {took:.0f} s", "timeout")
         except ToolError as exc:
-            return error_result(str(exc))
+            return error_result(str(exc), exc.failure)
         except (InvalidRequestError, ValueError, TypeError, KeyError) as exc:
             return error_result(f"{spec.name} failed: {exc}")
         except Exception as exc:  # a tool must never break the request: the model is told
@@ -248,7 +248,8 @@ class ToolRegistry:
         if len(result.content) > self.config.max_output_chars:
             return error_result(
                 f"{spec.name} returned {len(result.content)} characters, over the "
-                f"{self.config.max_output_chars} limit"
+                f"{self.config.max_output_chars} limit",
+                "too_large",
             )
         return result
 

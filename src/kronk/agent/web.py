@@ -48,7 +48,7 @@ async def web_fetch(config: ToolsConfig, url: str) -> ToolResult:
     """Fetch `url`, following redirects one hop at a time (each hop's address checked
     again by the transport), and turn HTML into markdown."""
     if not isinstance(url, str) or not url:
-        raise ToolError("web_fetch needs a url")
+        raise ToolError("web_fetch needs a url", "invalid_input")
     transport = guarded_transport(config.allowed_networks())
     timeout = httpx.Timeout(config.fetch_timeout)
     async with httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False) as client:
@@ -56,9 +56,11 @@ async def web_fetch(config: ToolsConfig, url: str) -> ToolResult:
             try:
                 scheme = httpx.URL(url).scheme
             except httpx.InvalidURL as exc:
-                raise ToolError(f"{url!r} is not a valid URL: {exc}") from exc
+                raise ToolError(f"{url!r} is not a valid URL: {exc}", "invalid_input") from exc
             if scheme not in ("http", "https"):
-                raise ToolError(f"web_fetch fetches http and https URLs only, not {scheme!r}")
+                raise ToolError(
+                    f"web_fetch fetches http and https URLs only, not {scheme!r}", "invalid_input"
+                )
             try:
                 async with client.stream("GET", url, headers={"user-agent": _USER_AGENT}) as rsp:
                     if rsp.status_code in _REDIRECTS and "location" in rsp.headers:
@@ -66,20 +68,22 @@ async def web_fetch(config: ToolsConfig, url: str) -> ToolResult:
                         continue
                     return await _read(config, url, rsp)
             except AddressRefused as exc:
-                raise ToolError(str(exc)) from exc
+                raise ToolError(str(exc), "not_allowed") from exc
             except httpx.HTTPError as exc:
-                raise ToolError(f"fetching {url} failed: {exc or type(exc).__name__}") from exc
-        raise ToolError(f"more than {config.fetch_max_redirects} redirects")
+                failed = f"fetching {url} failed: {exc or type(exc).__name__}"
+                raise ToolError(failed, "unreachable") from exc
+        raise ToolError(f"more than {config.fetch_max_redirects} redirects", "unreachable")
 
 
 async def _read(config: ToolsConfig, url: str, rsp: httpx.Response) -> ToolResult:
     if rsp.status_code >= 400:
-        raise ToolError(f"{url} answered HTTP {rsp.status_code}")
+        raise ToolError(f"{url} answered HTTP {rsp.status_code}", "unreachable")
     content_type = rsp.headers.get("content-type", "")
     kind = _kind(content_type)
     if kind is None:
         raise ToolError(
-            f"{url} is {content_type or 'of no stated type'}; web_fetch reads text and HTML only"
+            f"{url} is {content_type or 'of no stated type'}; web_fetch reads text and HTML only",
+            "unsupported_type",
         )
     body = bytearray()
     truncated = False
@@ -110,7 +114,7 @@ def html_to_markdown(html: str) -> str:
 async def web_search(config: ToolsConfig, query: str) -> ToolResult:
     """Search with the configured backend: results as title, URL and snippet."""
     if not isinstance(query, str) or not query.strip():
-        raise ToolError("web_search needs a query")
+        raise ToolError("web_search needs a query", "invalid_input")
     kind, url, key = config.search_settings()
     if kind is None:
         raise ToolError("web_search has no backend: set search_url (SearXNG) or a Brave key")

@@ -24,7 +24,7 @@ from fastapi import Request
 
 from kronk.agent.loop import ToolLoop
 from kronk.agent.registry import ToolRegistry, ToolSpec
-from kronk.agent.result import ToolResult
+from kronk.agent.result import FailureKind, ToolResult
 from kronk.errors import InvalidRequestError
 from kronk.pool import ModelLease
 from kronk.server.anthropic.protocol import McpServer, MessagesRequest, Tool
@@ -176,21 +176,25 @@ def _coded(code: str, message: str) -> ToolResult:
     return ToolResult(message, is_error=True, data={"error_code": code})
 
 
-# The error codes of the built-in tools' failures, by what their message says (the first
-# match wins); anything else is the last code.
-_FETCH_CODES = (
-    ("text and HTML only", "unsupported_content_type"),
-    (" characters, over the ", "content_too_large"),
-    ("refused to connect", "url_not_allowed"),
-    ("not fetched", "url_not_allowed"),
-    ("", "url_not_accessible"),
-)
-_SEARCH_CODES = ((" characters, over the ", "request_too_large"), ("", "unavailable"))
+# Anthropic's error codes of the built-in tools' failures, by the runtime's failure kind;
+# any other kind is the last entry's code.
+_FETCH_CODES: dict[FailureKind | None, str] = {
+    "invalid_input": "invalid_tool_input",
+    "not_allowed": "url_not_allowed",
+    "unsupported_type": "unsupported_content_type",
+    "too_large": "content_too_large",
+    None: "url_not_accessible",
+}
+_SEARCH_CODES: dict[FailureKind | None, str] = {
+    "invalid_input": "invalid_tool_input",
+    "too_large": "request_too_large",
+    None: "unavailable",
+}
 
 
-def error_code(tool: str, message: str) -> str:
+def error_code(tool: str, failure: FailureKind | None) -> str:
     table = _FETCH_CODES if tool == "web_fetch" else _SEARCH_CODES
-    return next(code for text, code in table if text in message)
+    return table.get(failure, table[None])
 
 
 class ToolRunner:
@@ -226,7 +230,7 @@ class ToolRunner:
         self.usage[f"{spec.name}_requests"] += 1
         result = await self._registry.call(spec, args)
         if result.is_error:
-            return _coded(error_code(spec.name, result.content), result.content)
+            return _coded(error_code(spec.name, result.failure), result.content)
         if spec.name == "web_search":
             return _filtered_search(result, rules)
         return _fetched(result, rules)
