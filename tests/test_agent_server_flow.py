@@ -163,6 +163,8 @@ def _assert_idle_after_leaving(srv: LiveServer) -> None:
     metrics = httpx.get(srv.base_url + "/metrics", timeout=30).text
     assert 'kronk_slots_active{model="qwen"} 0.0' in metrics
     assert 'kronk_queue_depth{model="qwen"} 0.0' in metrics
+    # The call in flight is counted as cancelled (not as ok, error or timeout).
+    assert 'kronk_tool_calls_total{outcome="cancelled",tool="web_fetch"}' in metrics
     # The only slot is free for the next request.
     after = _chat(srv, {"model": "qwen", "max_tokens": 2,
                         "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip

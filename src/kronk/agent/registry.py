@@ -216,9 +216,15 @@ class ToolRegistry:
         span per call (tracing on) and the observer see its outcome and time."""
         started = time.perf_counter()
         with span("kronk.tool", tool=spec.name, source=spec.source) as current:
-            result = await self._call(spec, arguments, started)
+            try:
+                result = await self._call(spec, arguments, started)
+            except asyncio.CancelledError:  # the client went away: counted, then passed on
+                current.set_attribute("kronk.outcome", "cancelled")
+                if self.observer is not None:
+                    self.observer(spec.name, "cancelled", time.perf_counter() - started)
+                raise
             took = time.perf_counter() - started
-            timed_out = result.is_error and result.content.startswith(f"{spec.name} timed out")
+            timed_out = result.failure == "timeout"
             outcome = "timeout" if timed_out else "error" if result.is_error else "ok"
             current.set_attribute("kronk.outcome", outcome)
         if self.observer is not None:

@@ -157,7 +157,7 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        # Server-side tools (docs/tools.md): calls by tool and outcome (ok, error,
+        # Server-side tools (docs/tools.md): calls by tool and outcome (ok, error, cancelled,
         # timeout), and how long they took.
         self.tool_calls = Counter(
             "kronk_tool_calls",
