@@ -118,18 +118,22 @@ def two_models(default_model_path: Path, tiny_llama_path: Path) -> dict[str, Pat
     return {"qwen": default_model_path, "tiny": tiny_llama_path}
 
 
+def one_place(models: dict[str, Path], **settings: Any) -> Any:
+    """A server with room for one model, qwen loaded, and `settings` for its queue."""
+    return live_server(
+        models,
+        load_defaults={"n_ctx": 2048, "n_seq_max": 1},
+        models_max=1,
+        preload="qwen",
+        settings_extra=settings,
+    )
+
+
 def test_a_request_waits_for_room_to_load_its_model_then_completes(
     two_models: dict[str, Path],
 ) -> None:
-    settings = {"queue_size": 1, "queue_timeout": DEADLINE_S}
     with (
-        live_server(
-            two_models,
-            load_defaults={"n_ctx": 2048, "n_seq_max": 1},
-            models_max=1,
-            preload="qwen",
-            settings_extra=settings,
-        ) as srv,
+        one_place(two_models, queue_size=1, queue_timeout=DEADLINE_S) as srv,
         concurrent.futures.ThreadPoolExecutor(1) as pool,
     ):
         with holding(srv):
@@ -150,16 +154,7 @@ def test_a_request_waits_for_room_to_load_its_model_then_completes(
 
 
 def test_a_wait_for_room_times_out_with_503(two_models: dict[str, Path]) -> None:
-    with (
-        live_server(
-            two_models,
-            load_defaults={"n_ctx": 2048, "n_seq_max": 1},
-            models_max=1,
-            preload="qwen",
-            settings_extra={"queue_timeout": 0.5},
-        ) as srv,
-        holding(srv),
-    ):
+    with one_place(two_models, queue_timeout=0.5) as srv, holding(srv):
         assert_busy_everywhere(
             srv,
             "tiny",
