@@ -262,7 +262,9 @@ def test_ps_answers_ollamas_shape_with_kronks_fields(
     (model,) = [m for m in client.ps().models if m.model == "tiny"]
     raw = loaded(srv)["tiny"]
 
-    assert model.name == "tiny" and model.size and model.size == raw["memory_bytes"]
+    # size: the memory estimate the pool loaded it by (the prompt-cache budget included).
+    assert model.name == "tiny" and model.size == raw["memory_estimate"]["total"]
+    assert model.size > raw["memory_bytes"] + 2**30 - 1
     assert model.details is not None and model.details.family == "llama"
     assert model.context_length == N_CTX and model.expires_at is not None
     assert raw["slots"] == 2 and raw["status"] == "ready" and raw["digest"]
