@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,14 @@ def resolver_for(path: Path, *names: str, **options: Any) -> StaticResolver:
 def make_pool(path: Path, *names: str, **kwargs: Any) -> ModelPool:
     kwargs.setdefault("load_defaults", FAST)
     return ModelPool(resolver_for(path, *names), **kwargs)
+
+
+async def until(check: Callable[[], bool], deadline_s: float = 60.0) -> None:
+    """Poll the pool's real state (bounded), giving the loop its turns meanwhile."""
+    deadline = time.monotonic() + deadline_s
+    while not check():
+        assert time.monotonic() < deadline, "the state never came"
+        await asyncio.sleep(0.005)
 
 
 def run(coro_fn: Callable[[], Any]) -> Any:
@@ -138,6 +147,31 @@ def test_a_leased_model_is_never_evicted(tiny_llama_path: Path) -> None:
         async with pool.lease("b"):
             assert [m.id for m in pool.loaded()] == ["b"]
         await pool.close()
+
+    run(main)
+
+
+def test_a_request_waiting_for_room_loads_when_a_model_goes_idle(tiny_llama_path: Path) -> None:
+    pool = make_pool(tiny_llama_path, "a", "b", "c", models_max=1, queue_size=1)
+
+    async def main() -> None:
+        held = await pool.acquire("a")
+        waiter = asyncio.create_task(pool.acquire("b"))
+        await until(lambda: pool.memory().waiting == 1)  # the waiter reaches the queue
+        with pytest.raises(EngineBusyError, match=r"1 requests already wait.*--queue-size"):
+            await pool.acquire("c")  # the queue holds one
+        held.release()  # a is idle: evicted for b
+        async with await waiter:
+            assert [m.id for m in pool.loaded()] == ["b"]
+        assert pool.memory().waiting == 0
+        # Closing the pool ends a wait at once, not at its timeout.
+        held = await pool.acquire("b")
+        waiter = asyncio.create_task(pool.acquire("a"))
+        await until(lambda: pool.memory().waiting == 1)
+        await pool.close()
+        with pytest.raises(EngineClosedError):
+            await waiter
+        held.release()
 
     run(main)
 

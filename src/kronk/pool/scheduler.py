@@ -486,6 +486,7 @@ class ModelPool:
             return
         self._closed = True
         self._wake.set()
+        self._room_changed()  # requests waiting for room give up now, not at their timeout
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
