@@ -212,7 +212,7 @@ class ModelPool:
     async def _admit(self, resolved: ResolvedModel) -> Entry:
         """The entry for a model that is not in the pool: its load begun once room is made
         (shared with whoever asked meanwhile), after waiting in the queue if need be."""
-        options = self._options_for(resolved.id, resolved)
+        options = self._options_for(resolved)
         estimate = await asyncio.to_thread(try_estimate, resolved.path, options)
         deadline: float | None = None
         while True:
@@ -283,13 +283,13 @@ class ModelPool:
 
     # -- loading and unloading -------------------------------------------------------------
 
-    def _options_for(self, model_id: str, resolved: ResolvedModel) -> dict[str, Any]:
+    def _options_for(self, resolved: ResolvedModel) -> dict[str, Any]:
+        """Kronk(...) keyword arguments for `resolved`: catalog < server < its own section."""
+        own = self.model_options.get(resolved.id, {})
         return with_draft_path(
             self.resolver,
-            model_id,
-            load_options(
-                resolved.load_options, self.load_defaults, self.model_options.get(model_id, {})
-            ),
+            resolved.id,
+            load_options(resolved.load_options, self.load_defaults, own),
         )
 
     def _begin_load(
