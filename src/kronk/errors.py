@@ -4,7 +4,8 @@ Every error a user can cause is a `KronkError` with a message that says what wen
 wrong and, where it helps, what to do. Protocol adapters (OpenAI, Anthropic) map
 these classes onto their own status codes and error objects, so the class is the
 contract: `InvalidRequestError` is the caller's fault (HTTP 400), `ContextFullError`
-means the prompt does not fit (413), `EngineBusyError` means try later (429/503).
+means the prompt does not fit (413), `EngineBusyError` means try later (503, with
+Retry-After).
 """
 
 from __future__ import annotations
