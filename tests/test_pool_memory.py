@@ -192,6 +192,8 @@ def test_the_prompt_cache_stays_within_its_budget(tiny_llama_path: Path) -> None
     assert seen[-1] == max(seen)  # full, and evicting: never above the budget
     gauge = re.search(r'kronk_prompt_cache_host_bytes\{model="tiny"\} (\S+)', metrics)
     assert gauge is not None and float(gauge.group(1)) == seen[-1]
+    limit = re.search(r'kronk_prompt_cache_budget_bytes\{model="tiny"\} (\S+)', metrics)
+    assert limit is not None and float(limit.group(1)) == budget
 
 
 def test_memory_settings_from_the_config_file_reach_the_pool(tmp_path: Path) -> None:

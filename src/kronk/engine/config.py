@@ -58,6 +58,7 @@ class EngineStats:
     tokens_cached: int
     prompt_cache_entries: int = 0
     prompt_cache_bytes: int = 0
+    prompt_cache_budget: int = 0  # the most prompt_cache_bytes may reach
     prompt_cache_hits: int = 0
     kv_cache_bytes: int = 0  # the whole KV cache, all slots
     kv_bytes_per_token: float = 0.0

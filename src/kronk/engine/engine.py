@@ -183,6 +183,7 @@ class Engine:
             self._stats.queued = len(self._queue)
             self._stats.prompt_cache_entries = len(self._prompt_cache)
             self._stats.prompt_cache_bytes = self._prompt_cache.bytes
+            self._stats.prompt_cache_budget = self._prompt_cache.max_bytes
             self._stats.prompt_cache_hits = self._prompt_cache.hits
             self._stats.slot_tokens = [len(s.tokens) for s in self._slots]
             self._stats.slot_states = [slot_state(s) for s in self._slots]

@@ -115,7 +115,7 @@ def ready_snapshot(entry: Entry, last_used: float, expires_at: float | None) -> 
         memory_estimate=entry.estimate.as_dict() if entry.estimate is not None else None,
         memory_measured=entry.measured_bytes,
         prompt_cache_bytes=stats.prompt_cache_bytes,
-        prompt_cache_budget=kronk.engine.config.prompt_cache_bytes,
+        prompt_cache_budget=stats.prompt_cache_budget,
     )
 
 

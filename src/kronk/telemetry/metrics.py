@@ -276,6 +276,9 @@ class _EngineCollector(Collector):
             "host": gauge(
                 "kronk_prompt_cache_host_bytes", "Host memory holding saved prompt states."
             ),
+            "host_budget": gauge(
+                "kronk_prompt_cache_budget_bytes", "The most the saved prompt states may take."
+            ),
         }
         for model, s in self._metrics._stats_source().items():
             kv = KvUse.of(s)
@@ -288,6 +291,7 @@ class _EngineCollector(Collector):
                 "kv_total": s.kv_cache_bytes,
                 "ratio": kv.hit_ratio,
                 "host": s.prompt_cache_bytes,
+                "host_budget": s.prompt_cache_budget,
             }
             for key, family in families.items():
                 family.add_metric([model], float(values[key]))
