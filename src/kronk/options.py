@@ -18,6 +18,8 @@ from kronk.errors import InvalidRequestError
 if TYPE_CHECKING:  # the llama.cpp binding stays unloaded for those who only validate
     from kronk.llama import SamplingParams
 
+MAX_CHOICES = 128  # `n`: OpenAI's own limit
+
 
 class SamplingOptions(BaseModel):
     """The parameters every generation request takes, with their bounds: the one
@@ -53,7 +55,9 @@ class SamplingOptions(BaseModel):
     # False: no speculative drafts for this request (docs/speculative.md); the output is
     # the same either way, so this only trades speed, e.g. to measure plain decoding.
     speculative: bool | None = None
-    n: int = Field(1, ge=1)  # choices; the server runs n > 1 as parallel requests
+    # Choices; the server runs n > 1 as parallel requests, each a request of its own (a
+    # million of them stalled the server before any was refused).
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     user: str | None = None  # accepted for OpenAI compatibility; unused
 
     def max_new_tokens(self) -> int | None:

@@ -32,6 +32,7 @@ from kronk.server.manage import router as manage_router
 from kronk.server.mcp_endpoint import install_mcp
 from kronk.server.ollama import router as ollama_router
 from kronk.server.openai import router as openai_router
+from kronk.server.openapi import install_openapi
 from kronk.server.security import install_security
 from kronk.server.settings import ServerSettings
 from kronk.server.state import ServerState
@@ -125,6 +126,7 @@ def create_app(
     app.include_router(anthropic_router)
     app.include_router(manage_router)
     install_ui(app)  # /ui/ and the redirect from /
+    install_openapi(app)  # /openapi.json with kronk's 400s, not FastAPI's 422s
     _install_error_handlers(app)
     install_security(app, settings)  # browser checks, tokens, grants, limits (security.md)
     app.add_middleware(DrainMiddleware, state=state)
