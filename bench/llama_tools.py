@@ -89,6 +89,10 @@ other processes took while it ran. Benchmarks are not part of `make test`.
   plain decoding and llama-server's n-gram and draft modes; and the decode cost of the
   batch layouts a verification step can take. Goals: edit ≥ 2.2× plain and ≥ 1.0×
   llama-server's best n-gram mode; everything else ≥ 0.97× plain.
+- **soak** (`bench/soak.py`): many streaming clients (64 by default, a third hanging up at
+  random points) for rounds of minutes, mixed chat, completions, embeddings and tool calls;
+  after each round every slot free, RSS, open files and the prompt cache's bytes. Passes
+  with no failed request, open files back where they started and a normal answer after.
 """
 
 
