@@ -113,6 +113,27 @@ def test_a_request_waits_for_the_slot_and_one_past_the_queue_gets_503(
     assert answer.usage is not None and answer.usage.completion_tokens >= 1
 
 
+def test_a_wait_for_a_slot_times_out_with_503(default_model_path: Path) -> None:
+    defaults = {"n_ctx": 2048, "n_seq_max": 1, "queue_timeout": 0.5}
+    with (
+        live_server({"qwen": default_model_path}, load_defaults=defaults, preload="qwen") as srv,
+        holding(srv),
+    ):
+        assert_busy_everywhere(srv, "qwen", r"no slot of 1 came free within 0\.5 s")
+        # A stream has its 200 before it waits: the timeout is its last event.
+        with srv.http() as http:
+            body = {**HOLD, "max_tokens": 2}
+            events = [
+                line
+                for line in http.post("/v1/chat/completions", json=body).text.split("\n")
+                if line
+            ]
+        assert events[-1] == "data: [DONE]"
+        error = json.loads(events[-2].removeprefix("data: "))["error"]
+        assert error["code"] == "server_busy" and "within 0.5 s" in error["message"]
+        assert ps(srv)["models"][0]["queued"] == 0  # nobody left in the queue
+
+
 @pytest.fixture
 def two_models(default_model_path: Path, tiny_llama_path: Path) -> dict[str, Path]:
     return {"qwen": default_model_path, "tiny": tiny_llama_path}

@@ -83,6 +83,7 @@ class Kronk:
         flash_attn: str = "auto",
         batch_invariant: bool = False,
         max_queue: int = 64,
+        queue_timeout: float | None = None,
         prompt_cache_bytes: int = 1 << 30,
         chat_template: str | Path | None = None,
         sampling_defaults: Mapping[str, Any] | None = None,
@@ -96,7 +97,9 @@ class Kronk:
         `n_ctx` is the context window of each of the `n_seq_max` parallel slots (capped at
         the model's training context). `chat_template` is a path to a Jinja file that
         replaces the model's own template. `sampling_defaults` (e.g. from a catalog entry)
-        sit between llama.cpp's defaults and each call's parameters. `prompt_cache_bytes`
+        sit between llama.cpp's defaults and each call's parameters. A request waits for a
+        slot among `max_queue` others, and fails with EngineBusyError after `queue_timeout`
+        seconds of waiting (None: no limit). `prompt_cache_bytes`
         bounds the host memory that keeps KV states of long prompts that lost their slot
         (0 turns that cache off).
 
@@ -157,6 +160,7 @@ class Kronk:
                     type_v=cache_type_v,
                     flash_attn=flash_attn,
                     max_queue=max_queue,
+                    queue_timeout=queue_timeout,
                     prompt_cache_bytes=prompt_cache_bytes,
                     speculative=spec,
                 ),

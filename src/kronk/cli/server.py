@@ -117,8 +117,9 @@ def start(
     queue_timeout: Annotated[
         float | None,
         typer.Option(
-            help="Seconds a request waits for room before a 503 (529 for Anthropic) "
-            "(env: KRONK_QUEUE_TIMEOUT; default: 60)"
+            help="Seconds a request waits for a slot or for room to load its model before "
+            "a 503 (529 for Anthropic) "
+            "(env: KRONK_QUEUE_TIMEOUT; default: 300)"
         ),
     ] = None,
     cache_type_k: Annotated[

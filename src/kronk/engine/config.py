@@ -22,6 +22,7 @@ class EngineConfig:
     type_v: str = "f16"
     flash_attn: str = "auto"
     max_queue: int = 64  # requests waiting for a slot before submit() says busy
+    queue_timeout: float | None = None  # seconds a request may wait for a slot (None: no limit)
     embedding_batch: int = 8  # inputs embedded together in one decode
     # Host memory for KV states of long prompts that lost their slot (0 disables).
     prompt_cache_bytes: int = 1 << 30

@@ -273,6 +273,16 @@ class Engine:
             self._stats.tokens_cached += keep
             self._emit(active, Admitted(len(prompt), keep))
         self._queue.extendleft(reversed(waiting))
+        timeout = self.config.queue_timeout
+        while (
+            timeout is not None
+            and self._queue
+            and time.perf_counter() - self._queue[0][2] > timeout
+        ):
+            handle, chain, _ = self._queue.popleft()  # waited too long for a slot
+            chain.close()
+            busy = f"server busy: no slot of {len(self._slots)} came free within {timeout:g} s"
+            self._emit_to(handle, Failed(EngineBusyError(f"{busy}; retry later")))
 
     @staticmethod
     def _choose_slot(free: list[Slot]) -> Slot:

@@ -93,7 +93,7 @@ class ModelPool:
         model_options: Mapping[str, Mapping[str, Any]] | None = None,
         memory_budget: int | None = None,
         queue_size: int = 64,
-        queue_timeout: float = 60.0,
+        queue_timeout: float = 300.0,
         loader: KronkLoader = Kronk,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -284,12 +284,14 @@ class ModelPool:
     # -- loading and unloading -------------------------------------------------------------
 
     def _options_for(self, resolved: ResolvedModel) -> dict[str, Any]:
-        """Kronk(...) keyword arguments for `resolved`: catalog < server < its own section."""
+        """Kronk(...) keyword arguments for `resolved`: catalog < server < its own section,
+        over the pool's queue timeout (a wait for a slot is bounded as one for room)."""
         own = self.model_options.get(resolved.id, {})
+        pool = {"queue_timeout": self.queue_timeout}
         return with_draft_path(
             self.resolver,
             resolved.id,
-            load_options(resolved.load_options, self.load_defaults, own),
+            load_options(pool, resolved.load_options, self.load_defaults, own),
         )
 
     def _begin_load(

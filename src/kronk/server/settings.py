@@ -158,7 +158,7 @@ class ServerSettings(BaseModel):
     # wait for room to load a model, each for up to queue_timeout seconds.
     memory_budget: Bytes = None
     queue_size: int = Field(64, ge=0)
-    queue_timeout: float = Field(60.0, ge=0)
+    queue_timeout: float = Field(300.0, ge=0)
     cache_type_k: CacheType | None = None  # KV cache element types, per model
     cache_type_v: CacheType | None = None
     flash_attn: FlashAttention | None = None
