@@ -222,15 +222,22 @@ def llama_server_spec(
 
 
 def kronk_server_spec(
-    model: Path, *, parallel: int, ctx_per_slot: int, threads: int, extra: Sequence[str] = ()
+    model: Path,
+    *,
+    parallel: int,
+    ctx_per_slot: int,
+    threads: int,
+    extra: Sequence[str] = (),
+    home: Path | None = None,
 ) -> ServerSpec:
     """`kronk server start` with `parallel` slots of `ctx_per_slot` tokens each.
 
     It gets a home folder of its own (its pid file must not clash with a server the user
-    runs) and logs warnings only, as llama-server does not log each request either.
+    runs; `home` gives another, for a server beside a benchmark's) and logs warnings only,
+    as llama-server does not log each request either.
     """
     port = free_port()
-    home = cache_dir() / "kronk-home"
+    home = home or cache_dir() / "kronk-home"
     command = [
         sys.executable,
         "-m",

@@ -42,6 +42,7 @@ from llama_tools import (
 )
 
 KINDS = ("chat", "completions", "embeddings", "tools")
+SOAK_HOME = cache_dir() / "kronk-soak-home"
 SLOT_DEADLINE_S = 60.0  # for the slots to come free after a round
 TOOL = {
     "type": "function",
@@ -274,9 +275,10 @@ def main() -> int:
         ctx_per_slot=2048,
         threads=args.threads,
         extra=["--max-queue", str(args.clients)],
+        home=SOAK_HOME,  # its own: it may run beside a benchmark's server
     )
     with running(spec) as base_url:
-        pid = int((cache_dir() / "kronk-home" / "run" / "server.pid").read_text())
+        pid = int((SOAK_HOME / "run" / "server.pid").read_text())
         rounds, files_before, normal = asyncio.run(soak(base_url, pid, spec.model_id, args))
     publish(section(args, model, watch, rounds, files_before, normal), args)
     failed = any(r.failures for r in rounds) or not normal
