@@ -3,6 +3,7 @@ round, then check the server is as it was.
 
     .venv/bin/python bench/soak.py                          # 64 clients, 1 round of 10 min
     .venv/bin/python bench/soak.py --clients 16 --rounds 3 --duration 60
+    .venv/bin/python bench/soak.py --rounds 4 --duration 150 --prompt-cache-size 256MiB
 
 Each client sends requests back to back until its round's time (or the round's request
 budget, `--max-requests`) runs out: streamed chat, streamed completions, embeddings, and
@@ -10,9 +11,11 @@ streamed chat with a client function tool, drawn at random. A third of the clien
 (`--disconnect-share`) hang up each streamed request at a random point. Every request is
 short (`--max-tokens`, default 64). After each round: every slot and lease is free
 (`/api/ps`), the server's resident memory (RSS) and open files (/proc/PID), and the host
-prompt cache's bytes where `/api/ps` reports them. The run passes when no request failed
-except by its own client's disconnect, the open files are back to where they were after
-the warm-up, every slot is free, and the server then answers a plain request normally.
+prompt cache's bytes where `/api/ps` reports them: with a small `--prompt-cache-size`
+the cache fills in the first rounds, and RSS should then stop growing (the last round's
+within 5% of the one before). The run passes when no request failed except by its own
+client's disconnect, the open files are back to where they were after the warm-up, every
+slot is free, and the server then answers a plain request normally.
 Not part of `make test`; it writes its section `soak` into bench/RESULTS.md.
 """
 
@@ -227,7 +230,9 @@ def section(
     passed = not failures and files_after == files_before and slots_free and normal
     lines = section_preamble("soak", model, args.threads, watch)
     lines += [
-        f"- `kronk server start --parallel {args.parallel}`; {args.clients} clients "
+        f"- `kronk server start --parallel {args.parallel}"
+        f"{f' --prompt-cache-size {args.prompt_cache_size}' if args.prompt_cache_size else ''}`; "
+        f"{args.clients} clients "
         f"({round(args.clients * args.disconnect_share)} hanging up at random points), "
         f"{args.rounds} round(s) of {args.duration:.0f} s, at most {args.max_requests} "
         f"requests a round, {args.max_tokens} tokens a request; kinds drawn from "
@@ -266,6 +271,10 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=8, help="server slots (8)")
     parser.add_argument("--disconnect-share", type=float, default=1 / 3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prompt-cache-size",
+        help="the server's host prompt cache per model, e.g. 256MiB (default: the server's)",
+    )
     args = parser.parse_args()
     model = chosen_model(args)
     watch = CpuWatch()
@@ -274,7 +283,10 @@ def main() -> int:
         parallel=args.parallel,
         ctx_per_slot=2048,
         threads=args.threads,
-        extra=["--max-queue", str(args.clients)],
+        extra=[
+            *("--max-queue", str(args.clients)),
+            *(("--prompt-cache-size", args.prompt_cache_size) if args.prompt_cache_size else ()),
+        ],
         home=SOAK_HOME,  # its own: it may run beside a benchmark's server
     )
     with running(spec) as base_url:
