@@ -9,7 +9,7 @@ Two pairs, each 128 tokens, greedy, end-of-sequence ignored, one request at a ti
 And a long answer over HTTP, server against server: a chat request with a ~1000-token
 prompt (a code edit of Python's bisect module) answered greedily in up to 512 tokens,
 first on a freshly started server (cold time to first token: nothing cached), then again
-(tokens/s); the answers must be the same text on both servers.
+(tokens/s); the cold answers must be the same text on both servers.
 The sides alternate in rounds (3 rounds of 3 runs each by default), so a slow spell
 of a shared machine hits all of them. Prints both and their ratios and records the run
 in bench/RESULTS.md. The goals: tokens/s at least 0.97 of llama.cpp's (kronk should lose
@@ -126,7 +126,8 @@ class LongAnswer:
 
     ttft: list[float]
     rates: list[float]
-    texts: set[str]
+    texts: set[str]  # the cold answers (a warm rerun decodes the last prompt token alone,
+    # which may tip a near-tie the other way, on either server)
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
@@ -144,8 +145,8 @@ def run_long_answer(spec: ServerSpec, repetitions: int, into: LongAnswer) -> Non
             result = measure(target, "chat/completions", payload)
             if i == 0:
                 into.ttft.append(result.ttft)
+                into.texts.add(result.text)
             into.rates.append(result.generation_rate)
-            into.texts.add(result.text)
             into.prompt_tokens, into.completion_tokens = (
                 result.prompt_tokens,
                 result.completion_tokens,
@@ -200,7 +201,7 @@ def long_answer_report(llama: LongAnswer, kronk: LongAnswer) -> list[str]:
         f"Long answer: chat, {kronk.prompt_tokens}-token prompt (llama-server counted "
         f"{llama.prompt_tokens}), a code edit of Python's bisect module, greedy, at most "
         f"{LONG_TOKENS} tokens ({kronk.completion_tokens} generated; llama-server "
-        f"{llama.completion_tokens}); the same text from both servers in every run: "
+        f"{llama.completion_tokens}); the same text from both servers on every cold start: "
         f"{'yes' if same else '**no**'}. Cold TTFT: the first request on a fresh server "
         "(each round), nothing cached.",
         "",
