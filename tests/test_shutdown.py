@@ -52,17 +52,20 @@ class Served:
         self.model = ""  # the served model's id, once ready
         env = {k: v for k, v in os.environ.items() if not k.startswith("KRONK_")}
         env["KRONK_HOME"] = str(home)
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "kronk.cli.main", "server", "start"),
-                *("--model", str(model), "--port", str(self.port), "--threads", "2"),
-                *("--parallel", "2", "--ctx-size", "2048", "--log-level", "warning"),
-                *("--graceful-timeout", str(graceful_timeout)),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        home.mkdir(parents=True, exist_ok=True)
+        self.log = home.parent / f"server-{self.port}.log"
+        with self.log.open("wb") as log:  # a file: a pipe nobody reads could fill up
+            self.proc = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "kronk.cli.main", "server", "start"),
+                    *("--model", str(model), "--port", str(self.port), "--threads", "2"),
+                    *("--parallel", "2", "--ctx-size", "2048", "--log-level", "warning"),
+                    *("--graceful-timeout", str(graceful_timeout)),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_DEADLINE_S
@@ -87,9 +90,7 @@ class Served:
         assert ready.json()["status"] == "draining"
 
     def stderr(self) -> str:
-        if self.proc.poll() is None or self.proc.stderr is None:
-            return ""
-        return self.proc.stderr.read().decode(errors="replace")
+        return self.log.read_text(errors="replace")[-3000:]
 
 
 @pytest.fixture
