@@ -190,14 +190,16 @@ LAYOUTS: dict[str, list[int]] = {
     "1 slot x 1 (plain, single stream)": [1],
     "1 slot x 5": [5],
     "1 slot x 17": [17],
+    "1 slot x 41": [41],
+    "1 slot x 65 (a draft of 64)": [65],
 }
 
 
 def measure_layouts(model: Path, threads: int, repetitions: int = 7) -> list[str]:
     """Decode time of the batch layouts a verification step can take, on the model's own
     context (one KV stream per slot, 512 tokens of context each): the measured basis of
-    the engine's cost model (passes x t_pass + tokens x t_token)."""
-    from kronk.engine.speculative import count_passes
+    the engine's cost model (`StepCost`: a linear fit and a cost per pass size)."""
+    from kronk.engine.speculative import pass_sizes
     from kronk.llama import Batch, ContextParams, LlamaContext, LlamaModel
 
     llama = LlamaModel.load(model)
@@ -225,7 +227,7 @@ def measure_layouts(model: Path, threads: int, repetitions: int = 7) -> list[str
                 times.append(1000 * (time.perf_counter() - start))
                 for seq in range(len(lengths)):
                     ctx.seq_remove(seq, len(prompt), -1)
-            passes = count_passes(list(enumerate(lengths)), ctx.n_ubatch)
+            passes = len(pass_sizes(list(enumerate(lengths)), ctx.n_ubatch))
             rows.append(
                 f"| {name} | {passes} | {statistics.median(times):.1f} "
                 f"({min(times):.1f}–{max(times):.1f}) |"

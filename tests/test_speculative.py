@@ -409,6 +409,25 @@ def test_adaptive_drafting_falls_to_zero_when_drafts_are_rejected(
     assert usage.draft_tokens <= 2 * (400 // 16)
 
 
+def test_a_full_draft_pass_is_timed_at_load_and_leaves_no_cells(tiny: LlamaModel) -> None:
+    engine = make_engine(tiny, SpeculativeConfig(draft_max=16))
+    try:
+        speculator = engine._speculator
+        assert speculator is not None
+        assert speculator.cost.measured_sizes == [17]  # the last token and 16 drafted
+        assert speculator.cost.pass_seconds(17) > 0
+        assert engine._ctx is not None and engine._ctx.seq_pos_max(0) == -1
+        prompt = prompt_of(tiny, PROMPTS[0])
+        assert generate(engine, prompt).tokens == cold(tiny, prompt).tokens
+    finally:
+        engine.close()
+    fixed = make_engine(tiny, SpeculativeConfig(draft_max=16, adaptive=False))
+    try:
+        assert fixed._speculator is not None and fixed._speculator.cost.measured_sizes == []
+    finally:
+        fixed.close()
+
+
 # -- draft sources ---------------------------------------------------------------------
 
 

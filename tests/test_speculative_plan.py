@@ -16,8 +16,8 @@ from kronk.engine.speculative import (
     SlotDrafting,
     SpeculativeConfig,
     StepCost,
-    count_passes,
     expected_tokens,
+    pass_sizes,
     plan_drafts,
 )
 
@@ -27,18 +27,18 @@ AUTO_CONFIG = SpeculativeConfig()
 
 
 def test_passes_follow_llama_cpp_split_of_one_stream_per_slot() -> None:
-    assert count_passes([(0, 1), (1, 1), (2, 1)], 512) == 1
-    assert count_passes([(0, 5), (1, 5), (2, 5)], 512) == 1  # equal drafts: one pass
-    assert count_passes([(0, 5), (1, 1)], 512) == 2  # a longer run goes on alone
-    assert count_passes([(0, 1), (2, 1)], 512) == 2  # ids not consecutive
-    assert count_passes([(0, 3), (1, 1), (2, 3)], 512) == 3
-    assert count_passes([(0, 600)], 512) == 2  # n_ubatch bounds a pass
+    assert pass_sizes([(0, 1), (1, 1), (2, 1)], 512) == [3]
+    assert pass_sizes([(0, 5), (1, 5), (2, 5)], 512) == [15]  # equal drafts: one pass
+    assert pass_sizes([(0, 5), (1, 1)], 512) == [2, 4]  # a longer run goes on alone
+    assert pass_sizes([(0, 1), (2, 1)], 512) == [1, 1]  # ids not consecutive
+    assert pass_sizes([(0, 3), (1, 1), (2, 3)], 512) == [3, 2, 2]
+    assert pass_sizes([(0, 600)], 512) == [512, 88]  # n_ubatch bounds a pass
 
 
 def fitted_cost(t_pass: float, t_token: float) -> StepCost:
     cost = StepCost()
-    for passes, tokens in ((1, 1), (1, 4), (1, 9), (2, 12), (1, 17)):
-        cost.record(passes, tokens, passes * t_pass + tokens * t_token)
+    for sizes in ([1], [4], [9], [6, 6], [17]):
+        cost.record(sizes, len(sizes) * t_pass + sum(sizes) * t_token)
     return cost
 
 
@@ -172,12 +172,57 @@ def test_ngram_drafts_grow_as_they_are_kept_and_restart_short_after_a_cut() -> N
     state.record(16, 16, 16)
     assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 32}
     state.record(32, 3, 16)  # cut at a changed name: the next draft is short again
-    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 4}
+    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512)[0] in (3, 4)
     # Not adaptive (measurements): as much as the source has.
     assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512, adaptive=False) == {0: 64}
     # A draft model's drafts are bounded by their per-token rate instead.
     model = plan_drafts([Candidate(0, state, 64, 100, from_model=True)], [], cost, 64, 512)
     assert model[0] > 4
+
+
+def kernel_switch_cost() -> StepCost:
+    """Decode times measured on a 2-core CPU with the default model: a pass of 65
+    tokens costs less than one of 41 (llama.cpp changes kernels at 64)."""
+    cost = StepCost()
+    for tokens, ms in (
+        (1, 40.3),
+        (2, 52.7),
+        (4, 72.7),
+        (8, 125.7),
+        (16, 216.7),
+        (32, 407.9),
+        (41, 510.5),
+        (63, 800.1),
+        (65, 461.6),
+        (96, 612.7),
+        (1, 40.3),
+    ):
+        cost.record([tokens], ms / 1000)
+    return cost
+
+
+def test_the_cost_of_a_pass_is_learned_by_its_size() -> None:
+    cost = kernel_switch_cost()
+    assert cost.pass_seconds(65) < cost.pass_seconds(41) < cost.pass_seconds(63)
+    assert cost.pass_seconds(1) == pytest.approx(0.0403)
+    assert cost.pass_seconds(12) == pytest.approx((0.1257 + 0.2167) / 2)  # between 8 and 16
+    assert cost.pass_seconds(80) == pytest.approx(0.4616 + 15 * (0.6127 - 0.4616) / 31)
+    assert cost.pass_seconds(128) > cost.pass_seconds(96)  # beyond: t_token a token more
+    assert cost.seconds([1, 65]) == pytest.approx(cost.pass_seconds(1) + cost.pass_seconds(65))
+    # Steps of several passes teach the linear fit only.
+    before = cost.pass_seconds(9)
+    cost.record([9, 9], 10.0)
+    assert cost.pass_seconds(9) == before
+
+
+def test_the_ramp_bounds_the_time_a_draft_risks_not_its_tokens() -> None:
+    cost = kernel_switch_cost()
+    state = SlotDrafting(Acceptance(), ramp=40)
+    # A 64-token draft's pass costs less than a 40-token one's: it is allowed.
+    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 64}
+    assert cost.within(40, 64) == 64 and cost.within(8, 64) == 8
+    state.ramp = 8  # a fresh source: nothing longer costs as little as 8
+    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 8}
 
 
 def test_sum_usage_adds_the_drafts_of_every_choice() -> None:

@@ -12,10 +12,15 @@ pays depends on two measured things, kept here:
   into compute passes (`split_equal`: each pass takes the same number of tokens from a
   run of consecutive sequence ids), and on a CPU a pass costs a read of all weights plus
   compute per token. The engine fits `seconds = passes * t_pass + tokens * t_token` to
-  its own steps and simulates the passes of each candidate plan.
+  its own steps, and also learns what a pass of each size costs, because that is not
+  linear: llama.cpp's CPU kernels change with the batch size, and on the machines
+  measured a pass of 64 tokens took less time than one of 40. Each candidate plan's
+  passes are simulated and priced with what was measured.
 
 Each step the plan picks one draft length K for the step (every slot drafts
-`min(K, what it has, its ramp, what its acceptance justifies)`) to maximise expected tokens per
+`min(K, what it has, its ramp, what its acceptance justifies)`; the ramp bounds the time a
+draft may risk, so it allows any draft whose pass costs no more than a pass of `ramp`
+tokens) to maximise expected tokens per
 second, K = 0 (plain decoding) included, so speculation turns itself off where it does
 not pay and backs off when many slots already keep the compute busy. A slot that stopped
 drafting probes now and then with a short draft, so a change (an edit reaching the part
@@ -24,6 +29,7 @@ that copies its input) is noticed.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -166,14 +172,14 @@ def expected_tokens(rate: float, k: int) -> float:
     return (1.0 - rate ** (k + 1)) / (1.0 - rate)
 
 
-def count_passes(runs: Sequence[tuple[int, int]], n_ubatch: int) -> int:
-    """Compute passes llama.cpp makes for a batch of `(seq_id, tokens)` runs in seq-id
-    order, with one KV stream per sequence (`llama_batch_allocr::split_equal`, sequential):
-    a pass takes an equal share from each sequence of a run of consecutive ids that
-    still has tokens, as many as the shortest has (and n_ubatch allows)."""
+def pass_sizes(runs: Sequence[tuple[int, int]], n_ubatch: int) -> list[int]:
+    """Tokens of each compute pass llama.cpp makes for a batch of `(seq_id, tokens)` runs
+    in seq-id order, with one KV stream per sequence (`llama_batch_allocr::split_equal`,
+    sequential): a pass takes an equal share from each sequence of a run of consecutive
+    ids that still has tokens, as many as the shortest has (and n_ubatch allows)."""
     ids = [s for s, _ in runs]
     left = [n for _, n in runs]
-    passes = 0
+    sizes: list[int] = []
     first = 0
     while first < len(left):
         if left[first] == 0:
@@ -186,28 +192,46 @@ def count_passes(runs: Sequence[tuple[int, int]], n_ubatch: int) -> int:
         take = max(1, min(min(left[first:end]), n_ubatch // width))
         for i in range(first, end):
             left[i] -= take
-        passes += 1
-    return passes
+        sizes.append(take * width)
+    return sizes
 
 
 class StepCost:
-    """Decode seconds of a step, fitted online as passes * t_pass + tokens * t_token.
+    """Decode seconds of a step, learned from the engine's own steps in two ways.
 
-    A ridge term keeps t_token near `PRIOR_RATIO * t_pass` until steps of different
-    sizes say otherwise (plain decoding alone always has passes = tokens / slots).
+    - A linear fit, `passes * t_pass + tokens * t_token`, from every step. A ridge term
+      keeps t_token near `PRIOR_RATIO * t_pass` until steps of different sizes say
+      otherwise (plain decoding alone always has passes = tokens / slots).
+    - The seconds of a pass of each size seen in a step of one pass. A pass is priced
+      between the nearest sizes measured on either side, or beyond the last from it at
+      `t_token` a token; with nothing measured, by the linear fit.
     """
 
     DECAY = 0.98
     PRIOR_RATIO = 0.25  # a token of compute against a read of the weights, on a CPU
     PRIOR_WEIGHT = 1.0
+    SIZE_WEIGHT = 0.3  # a new measurement's weight against what its size had
 
     def __init__(self) -> None:
         self._pp = self._pn = self._nn = self._py = self._ny = 0.0
         self.t_pass = 0.0
         self.t_token = 0.0
         self.samples = 0
+        self._by_size: dict[int, float] = {}  # pass tokens -> seconds
+        self._sizes: list[int] = []  # its keys, sorted
 
-    def record(self, passes: int, tokens: int, seconds: float) -> None:
+    def record(self, sizes: Sequence[int], seconds: float) -> None:
+        """A step of passes of these sizes took `seconds`."""
+        passes, tokens = len(sizes), sum(sizes)
+        if passes == 0:
+            return
+        if passes == 1:
+            old = self._by_size.get(tokens)
+            if old is None:
+                bisect.insort(self._sizes, tokens)
+                self._by_size[tokens] = seconds
+            else:
+                self._by_size[tokens] = old + self.SIZE_WEIGHT * (seconds - old)
         d = self.DECAY
         self._pp = self._pp * d + passes * passes
         self._pn = self._pn * d + passes * tokens
@@ -226,8 +250,37 @@ class StepCost:
         self.t_pass = max(t_pass, 0.0)
         self.t_token = max(t_token, 0.02 * self.t_pass, 1e-6)
 
-    def seconds(self, passes: int, tokens: int) -> float:
-        return passes * self.t_pass + tokens * self.t_token
+    @property
+    def measured_sizes(self) -> list[int]:
+        """Pass sizes timed so far, smallest first."""
+        return list(self._sizes)
+
+    def pass_seconds(self, tokens: int) -> float:
+        known, sizes = self._by_size, self._sizes
+        if tokens in known:
+            return known[tokens]
+        if not sizes:
+            return self.t_pass + tokens * self.t_token
+        i = bisect.bisect(sizes, tokens)
+        if 0 < i < len(sizes):
+            lo, hi = sizes[i - 1], sizes[i]
+            return known[lo] + (known[hi] - known[lo]) * (tokens - lo) / (hi - lo)
+        near = sizes[i - 1] if i else sizes[0]
+        return max(known[near] + (tokens - near) * self.t_token, tokens * self.t_token)
+
+    def seconds(self, sizes: Sequence[int]) -> float:
+        return sum(self.pass_seconds(n) for n in sizes)
+
+    def within(self, ramp: int, limit: int) -> int:
+        """The longest draft up to `limit` whose pass (the draft and the token before
+        it) costs no more than a pass with a draft of `ramp`."""
+        if limit <= ramp:
+            return limit
+        budget = self.pass_seconds(ramp + 1)
+        for k in range(limit, ramp, -1):
+            if self.pass_seconds(k + 1) <= budget:
+                return k
+        return ramp
 
 
 @dataclass
@@ -240,9 +293,11 @@ class SlotDrafting:
     # the answer copies is noticed at once.
     idle_steps: int = 16
     probe_every: int = 16
-    # The longest n-gram draft it may feed next: doubled by a draft kept whole, back to
-    # what the last one kept after a cut, so a source that keeps breaking never costs a
-    # long verification (a probe of 2 kept whole would otherwise buy a draft of 48).
+    # The n-gram draft it may feed next, as the time its pass may take (any draft whose
+    # pass costs no more than one of `ramp` tokens, `StepCost.within`): doubled by a
+    # draft kept whole, back to what the last one kept after a cut, so a source that
+    # keeps breaking never costs a long verification (a probe of 2 kept whole would
+    # otherwise buy a draft of 48).
     ramp: int = 8
     drafted: int = 0
     accepted: int = 0
@@ -292,7 +347,7 @@ def plan_drafts(
         return {s: k for s, k in limits.items() if k > 0}
     for c in candidates:
         if not c.from_model:  # a draft model's drafts are bounded by their rate (`_cap`)
-            limits[c.seq_id] = min(limits[c.seq_id], c.state.ramp)
+            limits[c.seq_id] = cost.within(c.state.ramp, limits[c.seq_id])
     probes: dict[int, int] = {}
     caps: dict[int, int] = {}
     for c in candidates:
@@ -318,8 +373,7 @@ def plan_drafts(
     for k_step in options:
         ks = {c.seq_id: probes.get(c.seq_id, min(k_step, caps[c.seq_id])) for c in candidates}
         runs = sorted([*fixed_runs, *((s, 1 + k) for s, k in ks.items())])
-        tokens = sum(n for _, n in runs)
-        seconds = cost.seconds(count_passes(runs, n_ubatch), tokens)
+        seconds = cost.seconds(pass_sizes(runs, n_ubatch))
         seconds += model_step_seconds * max(
             (ks[c.seq_id] for c in candidates if c.from_model), default=0
         )

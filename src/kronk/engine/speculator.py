@@ -20,11 +20,11 @@ from kronk.engine.speculative import (
     Candidate,
     SlotDrafting,
     StepCost,
-    count_passes,
+    pass_sizes,
     plan_drafts,
 )
 from kronk.errors import InvalidRequestError
-from kronk.llama import LlamaContext, LlamaModel
+from kronk.llama import Batch, LlamaContext, LlamaModel
 
 
 class Speculator:
@@ -67,6 +67,8 @@ class Speculator:
                 n_threads=config.n_threads,
             )
             stats.draft_model_bytes = self.draft.bytes
+        if spec.uses_ngram and spec.adaptive:
+            self._calibrate()
 
     def close(self) -> None:
         if self.draft is not None:
@@ -172,5 +174,21 @@ class Speculator:
 
     def record_step(self, runs: Sequence[tuple[int, int]], seconds: float) -> None:
         """A decode of generating slots alone (no prompt chunk): a sample of its cost."""
-        tokens = sum(n for _, n in runs)
-        self.cost.record(count_passes(runs, self._ctx.n_ubatch), tokens, seconds)
+        self.cost.record(pass_sizes(runs, self._ctx.n_ubatch), seconds)
+
+    def _calibrate(self) -> None:
+        """Time one pass of a full n-gram draft at load, so the plan knows what long
+        drafts cost before any request pays to find out (what a pass costs per token can
+        drop with its size, `StepCost`). The plain steps of the first requests measure
+        the rest."""
+        ctx = self._ctx
+        n = min(self.spec.draft_max + 1, ctx.n_ubatch)
+        batch = Batch(n, 1)
+        try:
+            batch.add_sequence([0] * n, 0, 0, output_last=True, output_all=True)
+            start = time.perf_counter()
+            ctx.decode(batch)
+            self.cost.record([n], time.perf_counter() - start)
+        finally:
+            batch.close()
+            ctx.clear_memory()
