@@ -10,6 +10,8 @@ And a long answer over HTTP, server against server: a chat request with a ~1000-
 prompt (a code edit of Python's bisect module) answered greedily in up to 512 tokens,
 first on a freshly started server (cold time to first token: nothing cached), then again
 (tokens/s); the cold answers must be the same text on both servers.
+kronk runs without speculative decoding (`--spec off`), so both sides do the same
+work, one decode per token; what drafts add is `bench/bench_speculative.py`'s subject.
 The sides alternate in rounds (3 rounds of 3 runs each by default), so a slow spell
 of a shared machine hits all of them. Prints both and their ratios and records the run
 in bench/RESULTS.md. The goals: tokens/s at least 0.97 of llama.cpp's (kronk should lose
@@ -89,7 +91,7 @@ def run_kronk_sdk(model: Path, threads: int, repetitions: int) -> Measurement:
     from kronk import Kronk  # imported late: building the tools works without the SDK
 
     rates = []
-    with Kronk(model, n_ctx=SERVER_CTX, n_seq_max=1, n_threads=threads) as k:
+    with Kronk(model, n_ctx=SERVER_CTX, n_seq_max=1, n_threads=threads, speculative=False) as k:
         # Warm-up: first-call costs (buffer allocation, page faults) are not generation speed.
         k.complete(PROMPT, max_tokens=16, temperature=0, ignore_eos=True)
         for _ in range(repetitions):
@@ -172,7 +174,8 @@ def format_report(
     lines = [
         *section_preamble("single_stream", model, threads, watch),
         f"- {N_GEN} tokens, greedy, EOS ignored; servers: one slot, context {SERVER_CTX}, "
-        "streamed over HTTP to the same client, timed first to last token",
+        "streamed over HTTP to the same client, timed first to last token; kronk without "
+        "speculative decoding (`--spec off`, SDK `speculative=False`): the same work",
     ]
     if pairs:
         lines += [
@@ -238,7 +241,11 @@ def main() -> int:
     for round_ in range(1, args.rounds + 1):
         llama_spec = llama_server_spec(model, parallel=1, ctx_size=SERVER_CTX, threads=args.threads)
         kronk_spec = kronk_server_spec(
-            model, parallel=1, ctx_per_slot=SERVER_CTX, threads=args.threads
+            model,
+            parallel=1,
+            ctx_per_slot=SERVER_CTX,
+            threads=args.threads,
+            extra=["--spec", "off"],  # the same work as llama-server: no drafts
         )
         if args.only != "long":
             log(f"round {round_}/{args.rounds}: llama-bench tg{N_GEN}")

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from kronk.errors import ContextFullError, DecodeError, InvalidRequestError, ModelLoadError
 from kronk.llama._lib import lib, llama_errors
 from kronk.llama.batch import Batch
+from kronk.llama.compute import on_compute_thread
 from kronk.llama.model import LlamaModel
 
 # KV cache element types users may pick (llama.cpp's `-ctk/-ctv`).
@@ -171,8 +172,12 @@ class LlamaContext:
 
     def decode(self, batch: Batch) -> None:
         """Run the model on `batch`. Raises ContextFullError when the KV cache has no room."""
-        with llama_errors() as reasons:
-            ret = int(lib.llama_decode(self._ptr, batch.raw))
+
+        def run() -> tuple[int, list[str]]:
+            with llama_errors() as reasons:
+                return int(lib.llama_decode(self._ptr, batch.raw)), reasons
+
+        ret, reasons = on_compute_thread(run)  # compute.py says why
         if ret == 0:
             return
         # llama.cpp logs why when it can (e.g. a batch its KV layout cannot split).
