@@ -10,6 +10,7 @@ into a cache outside the repo and reused by every later session; any test that a
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 # Where the real default model is kept between sessions (and between clones).
 TEST_CACHE_ENV = "KRONK_TEST_CACHE"
 DEFAULT_TEST_CACHE = "~/.cache/kronk-test"
+
+
+# A shell that starts a command in the background (`make test &`) hands it SIGINT ignored,
+# and Python then never raises KeyboardInterrupt, nor do the CLIs the tests start. The
+# Ctrl-C tests need Python's own handler, as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def kronk_test_cache_dir() -> Path:
