@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -37,4 +37,11 @@ def on_compute_thread(fn: Callable[[], T]) -> T:
     raised). Called from the compute thread itself, it runs `fn` at once."""
     if getattr(_local, "compute", False):
         return fn()
-    return _executor.submit(_marked, fn).result()
+    future = _executor.submit(_marked, fn)
+    try:
+        return future.result()
+    except BaseException:
+        # Ctrl-C while the call runs: let it finish first, or the caller could free the
+        # context (or batch) the compute thread is still using.
+        wait([future])
+        raise
