@@ -29,6 +29,13 @@ from kronk import (
     KronkError,
     UnsupportedFeatureError,
 )
+from kronk.engine.invariance import (
+    MIN_PASS,
+    chunk_size,
+    kept_after_request,
+    reusable_prefix,
+    short_passes,
+)
 from kronk.engine.request import Failed, Finished, GenerationRequest, TextDelta
 from kronk.errors import ModelLoadError
 from kronk.llama import (
@@ -656,3 +663,35 @@ def test_control_tokens_render_only_when_the_request_asks(tiny: Kronk) -> None:
 
     assert text(frozenset()) == ""
     assert text(frozenset(im_start)) == "<|im_start|>" * 2
+
+
+@pytest.mark.parametrize("capacity", [16, 100, 512])
+def test_batch_invariant_prompt_chunks_never_leave_a_short_pass(capacity: int) -> None:
+    for prompt_len in range(1, 3 * capacity + MIN_PASS):
+        chunks, remaining = [], prompt_len
+        while remaining:
+            chunks.append(chunk_size(remaining, capacity))
+            remaining -= chunks[-1]
+        assert sum(chunks) == prompt_len
+        assert all(0 < c <= capacity for c in chunks)
+        if prompt_len >= MIN_PASS:
+            assert min(chunks) >= MIN_PASS, (prompt_len, chunks)
+        else:
+            assert chunks == [prompt_len]
+
+
+def test_batch_invariant_reuse_leaves_a_full_pass_to_compute() -> None:
+    assert reusable_prefix(prompt_len=40, cached=39) == 40 - MIN_PASS
+    assert reusable_prefix(prompt_len=40, cached=10) == 10
+    assert reusable_prefix(prompt_len=MIN_PASS - 1, cached=5) == 0  # short prompts: fresh
+    assert kept_after_request(prompt_len=40, held=72) == 40  # the generated 32 go
+    assert kept_after_request(prompt_len=40, held=25) == 25  # cancelled while prefilling
+    assert kept_after_request(prompt_len=MIN_PASS - 1, held=30) == 0
+
+
+def test_batch_invariant_generation_passes_stay_short() -> None:
+    sizes = [1, 3, 1, 1, 1, 1, 1, 1, 7]
+    passes = short_passes(list("abcdefghi"), sizes)
+    assert passes == [["a", "b", "c", "d", "e"], ["f", "g", "h"], ["i"]]
+    size_of = dict(zip("abcdefghi", sizes, strict=True))
+    assert all(sum(size_of[f] for f in p) < MIN_PASS for p in passes)

@@ -90,6 +90,68 @@ def test_eight_concurrent_requests_match_sequential_runs(qwen: Kronk) -> None:
     assert concurrent == sequential
 
 
+def test_requests_joining_running_streams_answer_as_they_do_alone(qwen: Kronk) -> None:
+    """Each request goes out once the one before it has streamed a few tokens, so
+    prompts are prefilled while others generate and up to eight sequences generate
+    together: the passes that llama.cpp rounds differently from a request served alone
+    (engine/invariance.py). The greedy answers must still be the lone ones."""
+    prompts = [
+        "Write a haiku about the sea.",
+        "Write a limerick about a cat.",
+        "Describe a sunset in two sentences.",
+        "List three prime numbers.",
+        "Name a famous physicist.",
+        "Give me a tip for learning to cook.",
+        "What is the tallest mountain?",
+        "Write one line of a poem about rain.",
+        "Explain what a compiler does.",
+        "Suggest a name for a dog.",
+    ]
+    alone = [qwen.chat(ask(p), max_tokens=40, **GREEDY).choices[0].message.content for p in prompts]
+    answers: list[str | None] = [None] * len(prompts)
+    streaming = [threading.Event() for _ in prompts]
+
+    def run(i: int) -> None:
+        pieces = []
+        try:
+            for n, chunk in enumerate(qwen.chat_stream(ask(prompts[i]), max_tokens=40, **GREEDY)):
+                pieces.append(chunk.choices[0].delta.content or "")
+                if n == 4:
+                    streaming[i].set()
+        finally:
+            streaming[i].set()
+        answers[i] = "".join(pieces)
+
+    threads = []
+    for i in range(len(prompts)):
+        threads.append(threading.Thread(target=run, args=(i,)))
+        threads[-1].start()
+        streaming[i].wait()
+    for t in threads:
+        t.join()
+    assert answers == alone
+
+
+def test_a_follow_up_answers_as_on_a_fresh_engine(qwen: Kronk, default_model_path: Path) -> None:
+    """The second turn reuses the first turn's KV here and computes everything on a
+    fresh engine; batch_invariant makes both the same numbers."""
+    messages = ask("Tell me a fact about the moon.")
+    first = qwen.chat(messages, max_tokens=24, **GREEDY).choices[0].message.content
+    follow_up = [
+        *messages,
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "Now tell me one about Mars."},
+    ]
+    warm = qwen.chat(follow_up, max_tokens=40, **GREEDY)
+    with Kronk(
+        default_model_path, n_ctx=2048, n_seq_max=2, n_threads=2, batch_invariant=True
+    ) as fresh:
+        cold = fresh.chat(follow_up, max_tokens=40, **GREEDY)
+    assert warm.usage.prompt_tokens_details.cached_tokens > 0
+    assert cold.usage.prompt_tokens_details.cached_tokens == 0
+    assert warm.choices[0].message.content == cold.choices[0].message.content
+
+
 def test_stop_string_never_leaks_into_the_stream(qwen: Kronk) -> None:
     messages = ask("Count from 1 to 10, separated by commas.")
     unstopped = qwen.chat(messages, max_tokens=40, **GREEDY).choices[0].message.content or ""

@@ -103,12 +103,15 @@ class Kronk:
         bounds the host memory that keeps KV states of long prompts that lost their slot
         (0 turns that cache off).
 
-        `batch_invariant=True` makes greedy output independent of what else shares the
-        batch, by turning off llama.cpp's repacked CPU weights (their batched kernels sum
-        in another order than the single-token ones). It costs prompt-processing speed
-        (about 14% measured on the default model); generation speed is unchanged.
-        It also makes `speculative="auto"` mean "off": verifying a draft puts several
-        tokens of one sequence in a step, whose kernels sum in yet another order.
+        `batch_invariant=True` makes greedy output a function of the prompt and
+        parameters alone: never of other requests or of what the caches hold. It turns
+        off llama.cpp's repacked CPU weights and (for `flash_attn="auto"`) flash
+        attention, feeds each prompt chunk in a pass of its own and reuses cached KV only
+        where a fresh prefill would compute the same numbers (`engine/invariance.py`).
+        It costs prompt-processing speed (about 14% for the repacking alone, measured on
+        the default model) and some reuse of cached prompts. It also makes
+        `speculative="auto"` mean "off": an explicit mode is honoured, with at most 6
+        draft tokens a step (more would round differently from plain decoding).
 
         `speculative` (docs/speculative.md): "auto" (n-gram drafts, plus `draft_model`'s
         when given, each used only where it pays), "ngram", "draft", "off" (or False), or
@@ -163,6 +166,7 @@ class Kronk:
                     queue_timeout=queue_timeout,
                     prompt_cache_bytes=prompt_cache_bytes,
                     speculative=spec,
+                    batch_invariant=batch_invariant,
                 ),
                 draft_model=self.draft_model,
             )

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from kronk.engine.speculative import SpeculativeConfig
 from kronk.llama import Batch, ContextParams, LlamaContext, LlamaModel
+from kronk.llama.context import FlashAttention
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class EngineConfig:
     shared_prefix_min_tokens: int = 32
     # Drafts verified in the same decode as everything else (docs/speculative.md).
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    # Greedy output independent of other requests and of what the caches hold, at some
+    # cost in speed (engine/invariance.py). The model must be loaded without repacking.
+    batch_invariant: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def generation_context(model: LlamaModel, config: EngineConfig) -> LlamaContext:
             n_threads_batch=config.n_threads_batch,
             type_k=config.type_k,
             type_v=config.type_v,
-            flash_attn=config.flash_attn,  # type: ignore[arg-type]
+            flash_attn=_flash_attention(config),
             kv_unified=False,
         ),
     )
@@ -104,6 +108,14 @@ def generation_context(model: LlamaModel, config: EngineConfig) -> LlamaContext:
         ctx.close()
         raise
     return ctx
+
+
+def _flash_attention(config: EngineConfig) -> FlashAttention:
+    """Batch-invariant mode turns "auto" off: llama.cpp's flash-attention kernel adds a
+    rounding boundary at 64 tokens of a sequence in one pass (engine/invariance.py)."""
+    if config.batch_invariant and config.flash_attn == "auto":
+        return "off"
+    return config.flash_attn  # type: ignore[return-value]
 
 
 def warm_up(ctx: LlamaContext, model: LlamaModel) -> None:

@@ -1,8 +1,8 @@
 """The engine: one thread owns a model's llama context and runs continuous batching.
 
-Each step builds one batch holding the next token of every generating sequence plus
-as much pending prompt as fits (chunked prefill), decodes it once, and samples every
-sequence that produced logits. A request joins at the next step after a slot frees
+Each step decodes the pending prompt chunks (chunked prefill), samples the first token
+of every prompt that completed, then decodes the next token of every generating
+sequence, those included, and samples them. A request joins at the next step after a slot frees
 up, so new requests start while others stream and a long prompt never stalls them.
 
 Everything else talks to the thread through a locked queue; events flow back
@@ -12,6 +12,7 @@ through each request's sink. Per-step Python work is O(active sequences).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import math
 import threading
@@ -25,6 +26,12 @@ import numpy.typing as npt
 from kronk.engine.checks import token_logprobs, validate_request
 from kronk.engine.config import EngineConfig, EngineStats, generation_context
 from kronk.engine.embedding import Embedder, EmbedJob
+from kronk.engine.invariance import (
+    MAX_DRAFT,
+    chunk_size,
+    kept_after_request,
+    short_passes,
+)
 from kronk.engine.prompt_cache import PromptCache
 from kronk.engine.request import (
     Admitted,
@@ -75,7 +82,11 @@ class Engine:
         when `config.speculative` allows; its vocabulary must match the model's."""
         self.model = model
         self.vocab = model.vocab
-        self.config = config = config or EngineConfig()
+        config = config or EngineConfig()
+        if config.batch_invariant and config.speculative.draft_max > MAX_DRAFT:
+            spec = dataclasses.replace(config.speculative, draft_max=MAX_DRAFT)
+            config = dataclasses.replace(config, speculative=spec)
+        self.config = config
         if config.n_ctx < 8:
             raise InvalidRequestError("n_ctx must be at least 8 tokens", "n_ctx")
         if config.max_queue < 0:
@@ -110,6 +121,7 @@ class Engine:
                 self._prompt_cache,
                 config.shared_prefix_min_tokens,
                 model.n_swa,
+                invariant=config.batch_invariant,
             )
         self._lock = threading.Condition()
         self._queue: deque[tuple[RequestHandle, SamplerChain, float]] = deque()
@@ -295,32 +307,62 @@ class Engine:
     def _step(self) -> None:
         assert self._ctx is not None
         step_start = time.perf_counter()
-        ctx, batch = self._ctx, self._batch
-        batch.clear()
         # Drop cancelled requests first so their slots don't cost a decode.
         for slot in self._slots:
             if slot.active is not None and slot.active.handle.cancelled:
                 self._finish(slot, "cancelled")
         active = [(s, s.active) for s in self._slots if s.active is not None]
-        generating = [(s, a) for s, a in active if a.next_token is not None]
-        # Prompt chunks share what the generating sequences leave of the batch, oldest
-        # request first (chunked prefill: a long prompt never stalls the streams).
+        invariant = self.config.batch_invariant
+        # 1. Prompt chunks, oldest request first, up to n_batch tokens (chunked prefill: a
+        # long prompt never stalls the streams), in a decode of their own: llama.cpp
+        # computes them in passes apart from the generating tokens anyway, and this way a
+        # request's first token goes out a generation pass sooner.
         prefilling = sorted(
             ((s, a) for s, a in active if a.next_token is None), key=lambda p: p[1].admitted
         )
-        budget = batch.capacity - len(generating)
+        if invariant:
+            prefilling = prefilling[:1]  # a prompt chunk goes in a pass of its own
+        budget = self._batch.capacity
         chunks: dict[int, int] = {}  # seq id -> prompt tokens it prefills this step
         for slot, a in prefilling:
-            chunks[slot.seq_id] = take = min(budget, len(a.request.prompt) - a.prompt_done)
-            budget -= take
+            remaining = len(a.request.prompt) - a.prompt_done
+            take = chunk_size(remaining, budget) if invariant else min(budget, remaining)
+            if take > 0:
+                chunks[slot.seq_id] = take
+                budget -= take
+        prompts = [(s, a) for s, a in active if s.seq_id in chunks]
+        for group in [[p] for p in prompts] if invariant else [prompts] if prompts else []:
+            self._decode(group, chunks, record=False)
+        # 2. The next token of every generating sequence, with those whose prompt just
+        # completed (their first token is out; their second comes in this pass).
+        now_active = [(s, s.active) for s in self._slots if s.active is not None]
+        generating = [(s, a) for s, a in now_active if a.next_token is not None]
         if self._speculator is not None and generating:
-            # Drafts get what the prompt chunks leave: they are optional, prefill is not.
-            runs = [(seq, n) for seq, n in chunks.items() if n > 0]
-            self._speculator.plan(generating, runs, budget)
+            self._speculator.plan(generating, [], self._batch.capacity - len(generating))
+        if invariant:  # drafts are capped, so no sequence's feed reaches MIN_PASS alone
+            passes = short_passes(generating, [1 + len(a.draft) for _, a in generating])
+        else:
+            passes = [generating] if generating else []
+        for group in passes:
+            record = self._speculator is not None and len(group) == len(generating)
+            self._decode(group, chunks, record)
+        if prompts or passes:
+            self._stats.steps += 1
+            self._stats.step_seconds += time.perf_counter() - step_start
+
+    def _decode(
+        self, group: list[tuple[Slot, Active]], chunks: dict[int, int], record: bool
+    ) -> None:
+        """Feed `group`'s tokens (a generating sequence's next token and draft, a
+        prefilling one's chunk) in one llama_decode, then sample what produced logits.
+        `record`: the pass is a plain generation step, timed for the speculator."""
+        assert self._ctx is not None
+        batch = self._batch
+        batch.clear()
         # Tokens go in sequence-id order: with a KV stream per slot, llama.cpp splits a
         # batch into one compute pass per run of consecutive sequence ids.
         fed: list[tuple[Slot, list[int]]] = []
-        for slot, a in active:
+        for slot, a in group:
             if a.next_token is not None:
                 feed = [a.next_token, *a.draft]
                 # A draft needs logits at every position: each is checked by the sampler.
@@ -329,7 +371,7 @@ class Engine:
                     feed, len(slot.tokens), slot.seq_id, output_last=True, output_all=True
                 )
                 fed.append((slot, feed))
-            elif chunks[slot.seq_id] > 0:
+            else:
                 chunk = list(a.request.prompt[a.prompt_done : a.prompt_done + chunks[slot.seq_id]])
                 completes = a.prompt_done + len(chunk) == len(a.request.prompt)
                 index = batch.add_sequence(
@@ -338,18 +380,17 @@ class Engine:
                 a.batch_index = index if completes else None
                 a.prompt_done += len(chunk)
                 fed.append((slot, chunk))
-        if batch.n_tokens == 0:
-            return
         decode_start = time.perf_counter()
         try:
-            ctx.decode(batch)
+            self._ctx.decode(batch)
         except KronkError as exc:
             for slot, _ in fed:
                 self._fail(slot, exc)
             return
         now = time.perf_counter()
         self._stats.decode_seconds += now - decode_start
-        if self._speculator is not None and len(fed) == len(generating):
+        if record:
+            assert self._speculator is not None
             self._speculator.record_step([(s.seq_id, len(t)) for s, t in fed], now - decode_start)
         for slot, tokens in fed:
             slot.tokens.extend(tokens)
@@ -362,8 +403,6 @@ class Engine:
                     self._verify(slot, sampled, sampled.batch_index, now)
                 else:
                     self._sample(slot, sampled, sampled.batch_index, now)
-        self._stats.steps += 1
-        self._stats.step_seconds += time.perf_counter() - step_start
 
     def _verify(self, slot: Slot, a: Active, index: int, now: float) -> None:
         """Keep the longest prefix of the draft that the request's own sampler chain
@@ -477,6 +516,8 @@ class Engine:
             # Ended inside a verified draft: drop the cells after its last fed token, so
             # the slot holds what plain decoding would have left there.
             self._ctx.seq_remove(slot.seq_id, len(slot.tokens), -1)
+        if self.config.batch_invariant:
+            self._placement.keep(slot, kept_after_request(len(a.request.prompt), len(slot.tokens)))
         if reason != "cancelled" and not a.stops.stopped:
             # Release what was held back for a possible stop string or split character.
             tail, stopped = a.stops.push(a.decoder.flush())

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from kronk.engine.config import SlotState
 from kronk.engine.detokenizer import IncrementalDecoder
+from kronk.engine.invariance import reusable_prefix
 from kronk.engine.ngram import NgramIndex
 from kronk.engine.prompt_cache import PromptCache, common_prefix
 from kronk.engine.request import GenerationRequest, RequestHandle
@@ -73,6 +74,9 @@ class Placement:
     prompt_cache: PromptCache
     min_gain: int  # tokens a copy or restore must save over the slot's own cache
     n_swa: int  # the model's sliding window (0: none)
+    # Batch-invariant mode: reuse only KV that a prefill of the prompt would compute the
+    # same way (engine/invariance.py).
+    invariant: bool = False
 
     def place(self, slot: Slot, prompt: list[int]) -> int:
         """Prepare `slot`'s KV cache for `prompt`, reusing every prefix kronk still holds.
@@ -91,14 +95,14 @@ class Placement:
             # The slot is about to lose the rest of a long sequence: keep it in host memory.
             self.prompt_cache.put(slot.tokens, ctx.seq_state_get(slot.seq_id))
         others = [s for s in self.slots if s is not slot and s.tokens]
-        donor = max(others, key=lambda s: common_prefix(s.tokens, prompt), default=None)
-        donor_len = common_prefix(donor.tokens, prompt) if donor is not None else 0
+        donor = max(others, key=lambda s: self._shared(s, prompt), default=None)
+        donor_len = self._shared(donor, prompt) if donor is not None else 0
         saved, saved_len = self.prompt_cache.best_match(prompt)
         gain = self.min_gain
         if donor is not None and donor_len >= own + gain and donor_len >= saved_len:
             ctx.seq_remove(slot.seq_id)
             ctx.seq_copy(donor.seq_id, slot.seq_id)  # whole sequence; trimmed below
-            slot.tokens = list(donor.tokens)
+            slot.tokens = donor.tokens[:donor_len]
         elif saved is not None and saved_len >= own + gain:
             ctx.seq_remove(slot.seq_id)
             if ctx.seq_state_set(slot.seq_id, saved.state):
@@ -128,6 +132,22 @@ class Placement:
         held = max(held, self.prompt_cache.best_match(prompt)[1])
         return coming >= held + self.min_gain
 
+    def keep(self, slot: Slot, n: int) -> None:
+        """Forget all but the first `n` tokens of the slot's KV cache."""
+        if n == 0 or not self.ctx.seq_remove(slot.seq_id, n, -1):
+            self.ctx.seq_remove(slot.seq_id)
+            n = 0
+        del slot.tokens[n:]
+
+    def _shared(self, slot: Slot, prompt: list[int]) -> int:
+        """How much of `prompt` another slot's cache holds that may be copied from it. In
+        batch-invariant mode not the tokens a running request generated: they were
+        computed one per pass, and a prompt holding them computes them as a chunk."""
+        shared = common_prefix(slot.tokens, prompt)
+        if self.invariant and slot.active is not None:
+            shared = min(shared, slot.active.prompt_done)
+        return shared
+
     def _held_elsewhere(self, slot: Slot) -> bool:
         """Whether another slot's cache holds all of `slot`'s tokens (e.g. it was copied)."""
         n = len(slot.tokens)
@@ -137,14 +157,13 @@ class Placement:
         """Trim the slot's KV cache to the part of `prompt` it holds; return its length."""
         keep = common_prefix(slot.tokens, prompt)
         keep = min(keep, len(prompt) - 1)  # the last prompt token must be decoded for logits
+        if self.invariant:
+            keep = reusable_prefix(len(prompt), keep)
         if (
             keep > 0
             and self.n_swa > 0
             and self.ctx.seq_pos_min(slot.seq_id) > max(0, keep - self.n_swa)
         ):
             keep = 0  # the sliding window already dropped positions the new tokens would attend to
-        if keep == 0 or not self.ctx.seq_remove(slot.seq_id, keep, -1):
-            self.ctx.seq_remove(slot.seq_id)
-            keep = 0
-        del slot.tokens[keep:]
-        return keep
+        self.keep(slot, keep)
+        return len(slot.tokens)

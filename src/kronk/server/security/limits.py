@@ -52,6 +52,24 @@ class Decision:
     retry_after_s: float | None = None  # when refused: until the blocking window ends
 
 
+_BUSY_S = 10.0  # how long a connection waits for another one's transaction
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (it stays so). SQLite does not wait out a busy lock for
+    the switch, so two servers opening a new file at once would fail: retry a while."""
+    deadline = time.monotonic() + _BUSY_S
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class RateLimiter:
     """Counts requests in `path` (created with its folder). `clock` gives epoch seconds;
     tests pass their own to roll windows over."""
@@ -65,10 +83,11 @@ class RateLimiter:
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_S
+            )
+            _use_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")  # WAL keeps it consistent; no fsync a hit
-            db.execute("PRAGMA busy_timeout=10000")
             db.execute(_SCHEMA)
             self._db = db
         return self._db
