@@ -241,17 +241,20 @@ def test_load_failure_reaches_every_waiter_and_is_retried(tmp_path: Path) -> Non
     pool.add_listener(events.append)
 
     async def main() -> None:
-        results = await asyncio.gather(
-            pool.acquire("bad"), pool.acquire("bad"), return_exceptions=True
-        )
-        assert all(isinstance(r, InvalidModelFileError) for r in results)
+        # Several rounds: the file fails within microseconds, and both callers must still
+        # share one load (they share the header estimate that comes before it).
+        for _ in range(10):
+            results = await asyncio.gather(
+                pool.acquire("bad"), pool.acquire("bad"), return_exceptions=True
+            )
+            assert all(isinstance(r, InvalidModelFileError) for r in results)
         assert pool.loaded() == []
         with pytest.raises(InvalidModelFileError):
             await pool.acquire("bad")  # a new attempt, not a cached failure
         await pool.close()
 
     run(main)
-    assert [e.kind for e in events].count("failed") == 2
+    assert [e.kind for e in events].count("failed") == 11
 
 
 def test_unknown_model_and_closed_pool(tiny_llama_path: Path) -> None:

@@ -123,6 +123,8 @@ class ModelPool:
         self._loader = loader
         self._clock = clock
         self._entries: dict[str, Entry] = {}
+        # Header estimates under way, shared by everyone admitting the same model at once.
+        self._estimating: dict[str, asyncio.Future[MemoryEstimate | None]] = {}
         self._listeners: list[PoolListener] = []
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -213,7 +215,7 @@ class ModelPool:
         """The entry for a model that is not in the pool: its load begun once room is made
         (shared with whoever asked meanwhile), after waiting in the queue if need be."""
         options = self._options_for(resolved)
-        estimate = await asyncio.to_thread(try_estimate, resolved.path, options)
+        estimate = await self._estimate(resolved, options)
         deadline: float | None = None
         while True:
             entry = self._entries.get(resolved.id)  # someone else began it meanwhile
@@ -235,6 +237,22 @@ class ModelPool:
                     )
                 deadline = time.monotonic() + self.queue_timeout
             await self._wait_for_room(resolved.id, deadline)
+
+    async def _estimate(
+        self, resolved: ResolvedModel, options: dict[str, Any]
+    ) -> MemoryEstimate | None:
+        """The model's memory estimate (read from its header in a worker thread), one for
+        all callers admitting it at once. They resume in the order they asked, so the
+        first registers the load before the others look and they all join it; with an
+        estimate each, a load that failed fast could end before a later caller looked,
+        and that caller would load again."""
+        key = resolved.id
+        future = self._estimating.get(key)
+        if future is None:
+            future = asyncio.ensure_future(asyncio.to_thread(try_estimate, resolved.path, options))
+            self._estimating[key] = future
+            future.add_done_callback(lambda _: self._estimating.pop(key, None))
+        return await asyncio.shield(future)  # one caller giving up stops it for none
 
     async def _wait_for_room(self, model_id: str, deadline: float) -> None:
         remaining = deadline - time.monotonic()
