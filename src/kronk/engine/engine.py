@@ -2,8 +2,9 @@
 
 Each step decodes the pending prompt chunks (chunked prefill), samples the first token
 of every prompt that completed, then decodes the next token of every generating
-sequence, those included, and samples them. A request joins at the next step after a slot frees
-up, so new requests start while others stream and a long prompt never stalls them.
+sequence, those included, and samples them. A request joins at the next step after a
+slot frees up, so new requests start while others stream and a long prompt never
+stalls them.
 
 Everything else talks to the thread through a locked queue; events flow back
 through each request's sink. Per-step Python work is O(active sequences).
