@@ -56,13 +56,13 @@ def slot(rate: float, idle: int = 0) -> SlotDrafting:
 
 def test_the_plan_drafts_long_where_drafts_are_accepted_and_not_where_rejected() -> None:
     cost = fitted_cost(0.020, 0.004)
-    good = plan_drafts([Candidate(0, slot(0.95), 16, 100)], [], cost, 16, 512)
+    good = plan_drafts([Candidate(0, slot(0.95), 16, 100)], cost, 16, 512)
     assert good[0] >= 8
-    bad = plan_drafts([Candidate(0, slot(0.05), 16, 100)], [], cost, 16, 512)
+    bad = plan_drafts([Candidate(0, slot(0.05), 16, 100)], cost, 16, 512)
     assert bad == {}
     # Limits (max_tokens, context) and what the source has always bound the draft.
-    assert plan_drafts([Candidate(0, slot(0.95), 3, 100)], [], cost, 16, 512) == {0: 3}
-    assert plan_drafts([Candidate(0, slot(0.95), 16, 2)], [], cost, 16, 512) == {0: 2}
+    assert plan_drafts([Candidate(0, slot(0.95), 3, 100)], cost, 16, 512) == {0: 3}
+    assert plan_drafts([Candidate(0, slot(0.95), 16, 2)], cost, 16, 512) == {0: 2}
 
 
 def test_the_plan_backs_off_when_many_slots_keep_the_compute_busy() -> None:
@@ -70,7 +70,7 @@ def test_the_plan_backs_off_when_many_slots_keep_the_compute_busy() -> None:
 
     def total_draft(n_slots: int) -> int:
         candidates = [Candidate(i, slot(0.6), 16, 100) for i in range(n_slots)]
-        return sum(plan_drafts(candidates, [], cost, 16, 512).values())
+        return sum(plan_drafts(candidates, cost, 16, 512).values())
 
     one, eight = total_draft(1), total_draft(8) / 8
     assert one > 0
@@ -82,7 +82,7 @@ def test_rejected_drafts_turn_drafting_off_with_ever_rarer_probes() -> None:
     state = SlotDrafting(Acceptance())
     drafting_steps = []
     for step in range(600):
-        k = plan_drafts([Candidate(0, state, 8, 100)], [], cost, 8, 512).get(0, 0)
+        k = plan_drafts([Candidate(0, state, 8, 100)], cost, 8, 512).get(0, 0)
         state.idle_steps = 0 if k else state.idle_steps + 1
         if k:
             drafting_steps.append(step)
@@ -167,16 +167,16 @@ def test_anchored_drafts_go_around_a_loop() -> None:
 def test_ngram_drafts_grow_as_they_are_kept_and_restart_short_after_a_cut() -> None:
     state = SlotDrafting(Acceptance())
     cost = fitted_cost(0.020, 0.004)
-    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 8}
+    assert plan_drafts([Candidate(0, state, 64, 100)], cost, 64, 512) == {0: 8}
     state.record(8, 8, 16)
     state.record(16, 16, 16)
-    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 32}
+    assert plan_drafts([Candidate(0, state, 64, 100)], cost, 64, 512) == {0: 32}
     state.record(32, 3, 16)  # cut at a changed name: the next draft is short again
-    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 4}
+    assert plan_drafts([Candidate(0, state, 64, 100)], cost, 64, 512) == {0: 4}
     # Not adaptive (measurements): as much as the source has.
-    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512, adaptive=False) == {0: 64}
+    assert plan_drafts([Candidate(0, state, 64, 100)], cost, 64, 512, adaptive=False) == {0: 64}
     # A draft model's drafts are bounded by their per-token rate instead.
-    model = plan_drafts([Candidate(0, state, 64, 100, from_model=True)], [], cost, 64, 512)
+    model = plan_drafts([Candidate(0, state, 64, 100, from_model=True)], cost, 64, 512)
     assert model[0] > 4
 
 
@@ -219,10 +219,10 @@ def test_the_ramp_bounds_the_time_a_draft_risks_not_its_tokens() -> None:
     cost = kernel_switch_cost()
     state = SlotDrafting(Acceptance(), ramp=40)
     # A 64-token draft's pass costs less than a 40-token one's: it is allowed.
-    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 64}
+    assert plan_drafts([Candidate(0, state, 64, 100)], cost, 64, 512) == {0: 64}
     assert cost.within(40, 64) == 64 and cost.within(8, 64) == 8
     state.ramp = 8  # a fresh source: nothing longer costs as little as 8
-    assert plan_drafts([Candidate(0, state, 64, 100)], [], cost, 64, 512) == {0: 8}
+    assert plan_drafts([Candidate(0, state, 64, 100)], cost, 64, 512) == {0: 8}
 
 
 def test_sum_usage_adds_the_drafts_of_every_choice() -> None:

@@ -339,14 +339,13 @@ class Engine:
         now_active = [(s, s.active) for s in self._slots if s.active is not None]
         generating = [(s, a) for s, a in now_active if a.next_token is not None]
         if self._speculator is not None and generating:
-            self._speculator.plan(generating, [], self._batch.capacity - len(generating))
+            self._speculator.plan(generating, self._batch.capacity - len(generating))
         if invariant:  # drafts are capped, so no sequence's feed reaches MIN_PASS alone
             passes = short_passes(generating, [1 + len(a.draft) for _, a in generating])
         else:
             passes = [generating] if generating else []
-        for group in passes:
-            record = self._speculator is not None and len(group) == len(generating)
-            self._decode(group, chunks, record)
+        for group in passes:  # each a decode of generating slots alone: a cost sample
+            self._decode(group, chunks, record=self._speculator is not None)
         if prompts or passes:
             self._stats.steps += 1
             self._stats.step_seconds += time.perf_counter() - step_start

@@ -326,7 +326,6 @@ class Candidate:
 
 def plan_drafts(
     candidates: Sequence[Candidate],
-    fixed_runs: Sequence[tuple[int, int]],
     cost: StepCost,
     draft_max: int,
     n_ubatch: int,
@@ -336,9 +335,10 @@ def plan_drafts(
 ) -> dict[int, int]:
     """Draft length per seq id for this step (absent: no draft).
 
-    `fixed_runs` are the step's prompt chunks, there whatever the plan. A draft model's
-    cost, `model_step_seconds` per drafted position (all its slots decode together), is
-    added for every K it would have to draft.
+    The step's batch holds the generating sequences alone (prompt chunks go in a decode
+    of their own before it). A draft model's cost, `model_step_seconds` per drafted
+    position (all its slots decode together), is added for every K it would have to
+    draft.
     """
     if not candidates:
         return {}
@@ -372,7 +372,7 @@ def plan_drafts(
     )
     for k_step in options:
         ks = {c.seq_id: probes.get(c.seq_id, min(k_step, caps[c.seq_id])) for c in candidates}
-        runs = sorted([*fixed_runs, *((s, 1 + k) for s, k in ks.items())])
+        runs = sorted((s, 1 + k) for s, k in ks.items())
         seconds = cost.seconds(pass_sizes(runs, n_ubatch))
         seconds += model_step_seconds * max(
             (ks[c.seq_id] for c in candidates if c.from_model), default=0

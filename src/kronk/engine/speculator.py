@@ -97,7 +97,6 @@ class Speculator:
     def plan(
         self,
         generating: Sequence[tuple[Slot, Active]],
-        fixed_runs: Sequence[tuple[int, int]],
         spare: int,
     ) -> None:
         """Set each generating request's `draft` for this step (most stay empty)."""
@@ -132,7 +131,6 @@ class Speculator:
             candidates.append(Candidate(slot.seq_id, d, available, limit, from_model))
         chosen = plan_drafts(
             candidates,
-            fixed_runs,
             self.cost,
             spec.draft_max,
             self._ctx.n_ubatch,
